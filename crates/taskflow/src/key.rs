@@ -1,0 +1,152 @@
+//! Idempotency keys: SHA-256 over the RFC 8785 (JCS) canonical form of the submission.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// Derives the idempotency key of a submission: lowercase hex SHA-256 of the JCS
+/// canonical JSON of `{"name": name, "input": input, "userId": user}`.
+///
+/// Two submissions with the same name, the same input (whatever its key order or number
+/// spelling) and the same user get the same key.
+///
+/// # Examples
+///
+/// ```
+/// let a = taskflow::idempotency_key("count", &serde_json::json!({"to": 3, "delay_ms": 1}), Some("u1"));
+/// let b = taskflow::idempotency_key("count", &serde_json::json!({"delay_ms": 1.0, "to": 3}), Some("u1"));
+/// assert_eq!(a, b);
+/// assert_eq!(a.len(), 64);
+/// ```
+pub fn idempotency_key(name: &str, input: &Value, user: Option<&str>) -> String {
+    let mut canonical = String::with_capacity(64);
+    canonical.push_str("{\"input\":");
+    write_canonical(&mut canonical, input);
+    canonical.push_str(",\"name\":");
+    write_string(&mut canonical, name);
+    canonical.push_str(",\"userId\":");
+    match user {
+        Some(u) => write_string(&mut canonical, u),
+        None => canonical.push_str("null"),
+    }
+    canonical.push('}');
+    let digest = Sha256::digest(canonical.as_bytes());
+    let mut hex = String::with_capacity(64);
+    for byte in digest {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
+}
+
+/// Writes `value` in RFC 8785 canonical form.
+pub(crate) fn write_canonical(out: &mut String, value: &Value) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => write_number(out, n),
+        Value::String(s) => write_string(out, s),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(out, item);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            // JCS orders keys by their UTF-16 code units.
+            entries.sort_by(|(a, _), (b, _)| a.encode_utf16().cmp(b.encode_utf16()));
+            out.push('{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_string(out, k);
+                out.push(':');
+                write_canonical(out, v);
+            }
+            out.push('}');
+        }
+    }
+}
+
+/// JCS numbers are IEEE 754 doubles printed the way ECMAScript's `Number.toString` does.
+fn write_number(out: &mut String, n: &serde_json::Number) {
+    let f = n.as_f64().unwrap_or(f64::NAN);
+    if f.is_finite() {
+        let mut buf = ryu_js::Buffer::new();
+        out.push_str(buf.format_finite(f));
+    } else {
+        // Not representable in JSON; serde_json never produces it from parsed input.
+        out.push_str("null");
+    }
+}
+
+fn write_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn canon(v: &Value) -> String {
+        let mut s = String::new();
+        write_canonical(&mut s, v);
+        s
+    }
+
+    #[test]
+    fn canonical_form_matches_rfc8785_examples() {
+        // RFC 8785 §3.2.2 number examples.
+        let v: Value = serde_json::from_str("[1E30, 4.50, 0.002, 1e-27, -0, 100, 1e21]").unwrap();
+        assert_eq!(canon(&v), "[1e+30,4.5,0.002,1e-27,0,100,1e+21]");
+        let v = json!({"b": 1, "a": "x\u{1}\n\"", "€": true, "\u{10000}": null, "\u{fb33}": 0});
+        // UTF-16 order puts U+10000 (0xD800 0xDC00) before U+FB33, unlike code-point order.
+        assert_eq!(
+            canon(&v),
+            "{\"a\":\"x\\u0001\\n\\\"\",\"b\":1,\"€\":true,\"\u{10000}\":null,\"\u{fb33}\":0}"
+        );
+    }
+
+    #[test]
+    fn key_ignores_key_order_and_number_spelling_but_not_user() {
+        let a = idempotency_key("t", &json!({"x": [1, 2.0], "y": "z"}), None);
+        let b = idempotency_key("t", &json!({"y": "z", "x": [1.0, 2]}), None);
+        assert_eq!(a, b);
+        assert_ne!(a, idempotency_key("t", &json!({"x": [1, 2], "y": "z"}), Some("u")));
+        assert_ne!(a, idempotency_key("t2", &json!({"x": [1, 2], "y": "z"}), None));
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    }
+
+    #[test]
+    fn key_is_sha256_of_canonical_submission() {
+        // sha256('{"input":null,"name":"a","userId":null}')
+        let expected = {
+            let d = Sha256::digest(br#"{"input":null,"name":"a","userId":null}"#);
+            d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
+        assert_eq!(idempotency_key("a", &Value::Null, None), expected);
+    }
+}

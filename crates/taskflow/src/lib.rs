@@ -1,0 +1,48 @@
+//! TaskFlow: a durable task engine.
+//!
+//! Register typed handlers, submit tasks with idempotency keys, subscribe to their events,
+//! stop, resume and cancel them, and checkpoint their steps. The store (SQLite embedded,
+//! or Postgres for several processes) is the write-ahead log: every acknowledgement —
+//! submit, emit, step, state change — comes after its commit, and subscribers only ever see
+//! committed events.
+//!
+//! ```text
+//! pending --claim--> running --ok--> completed
+//!    ^                  |----err, attempts left--> pending (run_at = now + backoff)
+//!    |                  |----err, none left------> failed (dead-lettered)
+//!    |                  |----stop---------------> suspended --resume--> pending
+//!    |                  |----cancel-------------> cancelled
+//!    |                  '----lease expired------> pending (auto_recover) | suspended
+//!    '----------- shutdown releases a running task back to pending, attempt not spent
+//! pending|suspended --cancel--> cancelled          failed --redrive--> pending
+//! ```
+//!
+//! Start with [`TaskFlow`]. The engine knows nothing of HTTP; the `appkit` host turns its
+//! streams into SSE.
+
+mod config;
+mod delivery;
+mod engine;
+mod error;
+mod event;
+mod execution;
+mod guard;
+mod handler;
+mod key;
+mod metrics;
+pub mod store;
+mod task;
+
+pub use config::*;
+pub use delivery::EventStream;
+pub use engine::TaskFlow;
+pub use error::{Error, Result};
+pub use event::{EventKind, NewEvent, RESERVED_EVENT_NAMES, TaskEvent};
+pub use guard::{MAX_KEY_LEN, MAX_PAYLOAD_BYTES, RateLimit};
+pub use handler::{TaskContext, TaskError, TaskErrorKind};
+pub use key::idempotency_key;
+pub use store::{SqliteStore, SqliteSynchronous, Store};
+pub use task::{
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT, IdempotencyMode, SubmitOptions, Submitted, TaskHandle,
+    TaskInfo, TaskOptions, TaskStatus,
+};

@@ -1,0 +1,97 @@
+//! The group-commit writer: one task per store turns queued ops into one transaction.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::{OpOutcome, Store, WriteOp};
+use crate::delivery::Hub;
+use crate::error::{Error, Result};
+
+/// Ops larger batches are split at, to bound one transaction's size.
+const MAX_BATCH: usize = 512;
+
+type Request = (WriteOp, oneshot::Sender<Result<OpOutcome>>);
+
+/// Handle to the writer task. Cheap to clone. The writer stops when its close token is
+/// cancelled and the queue is drained (or when every handle is dropped).
+#[derive(Debug, Clone)]
+pub(crate) struct Writer {
+    tx: mpsc::UnboundedSender<Request>,
+}
+
+impl Writer {
+    /// Starts the writer on the current runtime; the returned handle resolves once it has
+    /// committed its last batch.
+    pub(crate) fn spawn(
+        store: Arc<dyn Store>,
+        hub: Hub,
+        tracker: &tokio_util::task::TaskTracker,
+        close: CancellationToken,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tracker.spawn(run(store, hub, rx, close));
+        Self { tx }
+    }
+
+    /// Queues `op`; resolves after the batch holding it committed (or failed).
+    pub(crate) async fn write(&self, op: WriteOp) -> Result<OpOutcome> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send((op, reply)).map_err(|_| Error::ShuttingDown)?;
+        rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+}
+
+async fn run(
+    store: Arc<dyn Store>,
+    hub: Hub,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+    close: CancellationToken,
+) {
+    let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let received = tokio::select! {
+            n = rx.recv_many(&mut batch, MAX_BATCH) => n,
+            () = close.cancelled() => {
+                // Refuse new writes, commit what is queued, then stop.
+                rx.close();
+                rx.recv_many(&mut batch, MAX_BATCH).await
+            }
+        };
+        if received == 0 {
+            break;
+        }
+        let (ops, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
+        match store.write_batch(&ops).await {
+            Ok(outcomes) => deliver(&hub, outcomes, replies),
+            Err(e) if ops.len() == 1 => {
+                let _ = replies.into_iter().next().map(|r| r.send(Err(e)));
+            }
+            Err(e) => {
+                // One bad op must not fail its neighbours: retry each on its own.
+                warn!(error = %e, ops = ops.len(), "batch commit failed; retrying ops singly");
+                for (op, reply) in ops.into_iter().zip(replies) {
+                    match store.write_batch(std::slice::from_ref(&op)).await {
+                        Ok(outcomes) => deliver(&hub, outcomes, vec![reply]),
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn deliver(hub: &Hub, outcomes: Vec<OpOutcome>, replies: Vec<oneshot::Sender<Result<OpOutcome>>>) {
+    for outcome in &outcomes {
+        for event in &outcome.events {
+            hub.publish(event);
+        }
+    }
+    for (outcome, reply) in outcomes.into_iter().zip(replies) {
+        let _ = reply.send(Ok(outcome));
+    }
+}

@@ -199,7 +199,12 @@ impl TaskFlow {
         let hub = Hub::new();
         let writer_tracker = TaskTracker::new();
         let writer_close = CancellationToken::new();
-        let writer = Writer::spawn(store.clone(), hub.clone(), &writer_tracker, writer_close.clone());
+        let writer = Writer::spawn(
+            store.clone(),
+            hub.clone(),
+            &writer_tracker,
+            writer_close.clone(),
+        );
         let node = config
             .node_id
             .clone()
@@ -238,7 +243,9 @@ impl TaskFlow {
             shared.pending_estimate.store(n, Ordering::Relaxed);
         }
         shared.background.spawn(executor::run(shared.clone()));
-        shared.background.spawn(maintenance::heartbeat(shared.clone()));
+        shared
+            .background
+            .spawn(maintenance::heartbeat(shared.clone()));
         shared.background.spawn(maintenance::reaper(shared.clone()));
         info!(node = %shared.node, backend = ?shared.store.backend(), "task engine started");
         Ok(Self { shared })
@@ -324,7 +331,8 @@ impl TaskFlow {
         input: impl Serialize,
         options: SubmitOptions,
     ) -> Result<Submitted> {
-        let span = info_span!("taskflow.submit", task.name = %name, task.id = tracing::field::Empty);
+        let span =
+            info_span!("taskflow.submit", task.name = %name, task.id = tracing::field::Empty);
         self.submit_inner(name, input, options)
             .instrument(span)
             .await
@@ -399,7 +407,10 @@ impl TaskFlow {
             debug!(task.id = %task.id, status = %task.status, "submit attached to existing task");
             return Ok(Submitted::Existing(handle, task.status));
         }
-        shared.metrics.submitted.add(1, &[opentelemetry::KeyValue::new("task.name", name.to_owned())]);
+        shared.metrics.submitted.add(
+            1,
+            &[opentelemetry::KeyValue::new("task.name", name.to_owned())],
+        );
         if let Some(ctx) = options.user_context {
             lock(&shared.user_contexts).insert(task.id.clone(), ctx);
         }
@@ -415,7 +426,10 @@ impl TaskFlow {
     fn admit(&self, user: Option<&str>) -> Result<()> {
         let shared = &self.shared;
         let reject = |reason: &'static str, retry_after| {
-            shared.metrics.rejected.add(1, &[opentelemetry::KeyValue::new("reason", reason)]);
+            shared
+                .metrics
+                .rejected
+                .add(1, &[opentelemetry::KeyValue::new("reason", reason)]);
             Err(Error::Rejected {
                 reason,
                 retry_after,
@@ -554,7 +568,11 @@ impl TaskFlow {
                 self.control(task_id, Control::RequestStop).await?;
             }
         }
-        let task = shared.store.task_by_id(task_id).await?.ok_or(Error::NotFound)?;
+        let task = shared
+            .store
+            .task_by_id(task_id)
+            .await?
+            .ok_or(Error::NotFound)?;
         Ok(task.status)
     }
 
@@ -696,7 +714,10 @@ async fn shutdown(shared: Arc<Shared>) {
         .is_ok();
     if !drained {
         let ctls: Vec<_> = lock(&shared.running).values().cloned().collect();
-        info!(tasks = ctls.len(), "taskflow: releasing tasks still running after drain timeout");
+        info!(
+            tasks = ctls.len(),
+            "taskflow: releasing tasks still running after drain timeout"
+        );
         for ctl in ctls {
             ctl.request(StopReason::Shutdown);
         }
@@ -713,9 +734,9 @@ async fn shutdown(shared: Arc<Shared>) {
 }
 
 pub(crate) fn unreachable_outcome<T>(other: &OpResult) -> Result<T> {
-    Err(Error::StoreUnavailable(Arc::new(sqlx::Error::Protocol(format!(
-        "store returned an unexpected outcome: {other:?}"
-    )))))
+    Err(Error::StoreUnavailable(Arc::new(sqlx::Error::Protocol(
+        format!("store returned an unexpected outcome: {other:?}"),
+    ))))
 }
 
 pub(crate) fn duration_ms(d: std::time::Duration) -> i64 {

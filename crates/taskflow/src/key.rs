@@ -135,9 +135,18 @@ mod tests {
         let a = idempotency_key("t", &json!({"x": [1, 2.0], "y": "z"}), None);
         let b = idempotency_key("t", &json!({"y": "z", "x": [1.0, 2]}), None);
         assert_eq!(a, b);
-        assert_ne!(a, idempotency_key("t", &json!({"x": [1, 2], "y": "z"}), Some("u")));
-        assert_ne!(a, idempotency_key("t2", &json!({"x": [1, 2], "y": "z"}), None));
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(
+            a,
+            idempotency_key("t", &json!({"x": [1, 2], "y": "z"}), Some("u"))
+        );
+        assert_ne!(
+            a,
+            idempotency_key("t2", &json!({"x": [1, 2], "y": "z"}), None)
+        );
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
     }
 
     #[test]

@@ -79,7 +79,10 @@ pub(crate) async fn recover_at_startup(shared: &Shared) -> Result<()> {
     let span = info_span!("taskflow.recovery.scan", startup = true);
     let n = reap(shared, true).instrument(span).await?;
     if n > 0 {
-        info!(tasks = n, "recovered tasks left running by a previous process");
+        info!(
+            tasks = n,
+            "recovered tasks left running by a previous process"
+        );
     }
     Ok(())
 }

@@ -27,7 +27,12 @@ enum Ran {
 }
 
 /// Starts a runner for a task this node has claimed (its slot is already taken).
-pub(crate) fn spawn(shared: Arc<Shared>, task: TaskInfo, recovery: bool, registered: Arc<Registered>) {
+pub(crate) fn spawn(
+    shared: Arc<Shared>,
+    task: TaskInfo,
+    recovery: bool,
+    registered: Arc<Registered>,
+) {
     let ctl = RunnerCtl::new();
     lock(&shared.running).insert(task.id.clone(), ctl.clone());
     shared.metrics.running.add(1, &[]);
@@ -64,7 +69,15 @@ async fn run(
             Err(e) => {
                 warn!(error = %e, "loading step checkpoints failed; retrying the attempt");
                 let error = TaskError::retryable(format!("loading checkpoints: {e}"));
-                finish(&shared, &task, &fence, &registered, Ran::Returned(Err(error)), None).await;
+                finish(
+                    &shared,
+                    &task,
+                    &fence,
+                    &registered,
+                    Ran::Returned(Err(error)),
+                    None,
+                )
+                .await;
                 cleanup(&shared, &task, &ctl, started);
                 return;
             }
@@ -86,7 +99,13 @@ async fn run(
     });
     debug!("attempt started");
     let fut = (registered.handler)(ctx, task.input.clone());
-    let ran = guarded(fut, &ctl, registered.options.timeout, shared.config.stop_grace).await;
+    let ran = guarded(
+        fut,
+        &ctl,
+        registered.options.timeout,
+        shared.config.stop_grace,
+    )
+    .await;
     finish(&shared, &task, &fence, &registered, ran, ctl.reason()).await;
     cleanup(&shared, &task, &ctl, started);
 }
@@ -196,7 +215,11 @@ fn failure(shared: &Shared, task: &TaskInfo, e: &TaskError) -> Finish {
         info!(error = %e, "task failed");
         return Finish::Fail { error };
     }
-    let delay = backoff(task.attempt, shared.config.retry_base, shared.config.retry_cap);
+    let delay = backoff(
+        task.attempt,
+        shared.config.retry_base,
+        shared.config.retry_cap,
+    );
     debug!(error = %e, delay_ms = delay.as_millis(), "attempt failed; retrying");
     Finish::Retry {
         error,

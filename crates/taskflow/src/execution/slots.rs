@@ -51,8 +51,7 @@ impl Slots {
         if self.claiming || self.running >= self.global_limit {
             return false;
         }
-        if user.is_some_and(|u| self.per_user.get(u).copied().unwrap_or(0) >= self.per_user_limit)
-        {
+        if user.is_some_and(|u| self.per_user.get(u).copied().unwrap_or(0) >= self.per_user_limit) {
             return false;
         }
         if let Some(&limit) = self.name_limits.get(name) {
@@ -112,7 +111,10 @@ mod tests {
         assert!(s.try_take(None, "heavy"));
         s.release(None, "heavy");
         s.claiming = true;
-        assert!(!s.try_take(None, "t"), "no immediate claim while a claim is in flight");
+        assert!(
+            !s.try_take(None, "t"),
+            "no immediate claim while a claim is in flight"
+        );
     }
 
     #[test]

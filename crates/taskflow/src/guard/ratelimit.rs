@@ -100,7 +100,10 @@ mod tests {
             assert!(w.try_acquire("u", t0).is_ok());
         }
         let wait = w.try_acquire("u", t0).unwrap_err();
-        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(10), "{wait:?}");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(10),
+            "{wait:?}"
+        );
         // Another key has its own budget.
         assert!(w.try_acquire("v", t0).is_ok());
     }
@@ -113,7 +116,10 @@ mod tests {
             w.try_acquire("u", t0).unwrap();
         }
         // Just after the roll-over the previous 4 still weigh almost fully.
-        assert!(w.try_acquire("u", t0 + Duration::from_millis(10_100)).is_err());
+        assert!(
+            w.try_acquire("u", t0 + Duration::from_millis(10_100))
+                .is_err()
+        );
         // Halfway through the next window they weigh 2: two more fit, not three.
         let mid = t0 + Duration::from_secs(15);
         assert!(w.try_acquire("u", mid).is_ok());

@@ -98,7 +98,13 @@ mod tests {
         }
         for bad in ["", "a b", "ä", "a/b", &"x".repeat(129), "a\n"] {
             assert!(
-                matches!(check_task_name(bad), Err(Error::Invalid { field: "task name", .. })),
+                matches!(
+                    check_task_name(bad),
+                    Err(Error::Invalid {
+                        field: "task name",
+                        ..
+                    })
+                ),
                 "{bad}"
             );
         }

@@ -63,8 +63,12 @@ pub trait Store: Send + Sync + Debug + 'static {
     async fn task_by_id(&self, id: &str) -> Result<Option<TaskInfo>>;
 
     /// Up to `limit` events of `task_id` with `seq > after_seq`, in seq order.
-    async fn events_after(&self, task_id: &str, after_seq: u64, limit: u32)
-    -> Result<Vec<TaskEvent>>;
+    async fn events_after(
+        &self,
+        task_id: &str,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<TaskEvent>>;
 
     /// The step checkpoints of a task: step name → stored result.
     async fn steps(&self, task_id: &str) -> Result<HashMap<String, Value>>;
@@ -371,7 +375,10 @@ pub struct RenewedLease {
 
 /// Payload of the `started` event.
 pub(crate) fn started_event(attempt: u32) -> NewEvent {
-    NewEvent::engine(EventKind::Started, serde_json::json!({ "attempt": attempt }))
+    NewEvent::engine(
+        EventKind::Started,
+        serde_json::json!({ "attempt": attempt }),
+    )
 }
 
 /// Milliseconds since the Unix epoch.

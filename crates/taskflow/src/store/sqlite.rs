@@ -15,8 +15,8 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row, Sqlite, Transaction};
 
 use super::{
-    Backend, ClaimParams, ClaimedTask, Control, Fence, Finish, OpOutcome, OpResult,
-    RenewedLease, Store, SubmitParams, WriteOp, started_event,
+    Backend, ClaimParams, ClaimedTask, Control, Fence, Finish, OpOutcome, OpResult, RenewedLease,
+    Store, SubmitParams, WriteOp, started_event,
 };
 use crate::error::{Error, Result};
 use crate::event::{EventKind, NewEvent, TaskEvent};
@@ -50,7 +50,6 @@ macro_rules! task_cols {
          error, last_seq, created_at, updated_at"
     };
 }
-
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` with `synchronous=NORMAL`, takes
@@ -533,7 +532,10 @@ async fn finish(tx: &mut Tx<'_>, fence: &Fence, finish: &Finish, now: i64) -> Re
             Some(result.to_string()),
             None,
             None,
-            Some(NewEvent::engine(EventKind::Completed, json!({ "result": result }))),
+            Some(NewEvent::engine(
+                EventKind::Completed,
+                json!({ "result": result }),
+            )),
         ),
         Finish::Retry { error, run_at } => (
             TaskStatus::Pending,
@@ -612,7 +614,10 @@ async fn control(tx: &mut Tx<'_>, id: &str, action: Control, now: i64) -> Result
     let (to, event, sql): (TaskStatus, Option<NewEvent>, &'static str) = match (action, from) {
         (Control::Stop, TaskStatus::Pending) => (
             TaskStatus::Suspended,
-            Some(NewEvent::engine(EventKind::Suspended, json!({"reason": "stopped"}))),
+            Some(NewEvent::engine(
+                EventKind::Suspended,
+                json!({"reason": "stopped"}),
+            )),
             "UPDATE tasks SET status = 'suspended', last_seq = last_seq + 1, updated_at = ? \
              WHERE id = ? AND status = 'pending' RETURNING last_seq",
         ),
@@ -631,14 +636,20 @@ async fn control(tx: &mut Tx<'_>, id: &str, action: Control, now: i64) -> Result
         ),
         (Control::Cancel, TaskStatus::Pending | TaskStatus::Running | TaskStatus::Suspended) => (
             TaskStatus::Cancelled,
-            Some(NewEvent::engine(EventKind::Cancelled, json!({"reason": "cancelled"}))),
+            Some(NewEvent::engine(
+                EventKind::Cancelled,
+                json!({"reason": "cancelled"}),
+            )),
             "UPDATE tasks SET status = 'cancelled', owner_node = NULL, lease_expires_at = NULL, \
              last_seq = last_seq + 1, updated_at = ? \
              WHERE id = ? AND status IN ('pending', 'running', 'suspended') RETURNING last_seq",
         ),
         (Control::Redrive, TaskStatus::Failed) => (
             TaskStatus::Pending,
-            Some(NewEvent::engine(EventKind::Resumed, json!({"redrive": true}))),
+            Some(NewEvent::engine(
+                EventKind::Resumed,
+                json!({"redrive": true}),
+            )),
             "UPDATE tasks SET status = 'pending', run_at = ?1, max_attempts = attempt + max_attempts, \
              last_seq = last_seq + 1, updated_at = ?1 WHERE id = ?2 AND status = 'failed' \
              RETURNING last_seq",
@@ -698,12 +709,8 @@ async fn reap(tx: &mut Tx<'_>, now: i64, cutoff: i64, all: bool) -> Result<OpOut
         let max_attempts: i64 = r.try_get(2)?;
         let auto_recover: bool = r.try_get(3)?;
         let created_at: i64 = r.try_get(4)?;
-        let (status, error, event) = recovery_decision(
-            attempt,
-            max_attempts,
-            auto_recover,
-            created_at < cutoff,
-        );
+        let (status, error, event) =
+            recovery_decision(attempt, max_attempts, auto_recover, created_at < cutoff);
         let last: Option<i64> = sqlx::query_scalar(
             "UPDATE tasks SET status = ?, error = coalesce(?, error), owner_node = NULL, \
              lease_expires_at = NULL, control = NULL, recovery = 1, run_at = ?, \
@@ -738,7 +745,10 @@ pub(crate) fn recovery_decision(
         (
             TaskStatus::Failed,
             Some(error.clone()),
-            NewEvent::engine(EventKind::Failed, json!({"error": error, "attempt": attempt})),
+            NewEvent::engine(
+                EventKind::Failed,
+                json!({"error": error, "attempt": attempt}),
+            ),
         )
     };
     if too_old {
@@ -833,7 +843,8 @@ fn event_from_row(row: &SqliteRow) -> Result<TaskEvent> {
     Ok(TaskEvent {
         task_id: row.try_get(0)?,
         seq: u64::try_from(row.try_get::<i64, _>(1)?).unwrap_or(0),
-        kind: EventKind::parse(&kind).ok_or_else(|| corrupt(format!("unknown event kind `{kind}`")))?,
+        kind: EventKind::parse(&kind)
+            .ok_or_else(|| corrupt(format!("unknown event kind `{kind}`")))?,
         name: row.try_get(3)?,
         payload: json_col(row, 4)?.unwrap_or(Value::Null),
         created_at: row.try_get(5)?,

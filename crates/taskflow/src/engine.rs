@@ -45,14 +45,16 @@ pub(crate) enum StopReason {
 /// Control of one live runner.
 #[derive(Debug, Clone)]
 pub(crate) struct RunnerCtl {
+    pub(crate) attempt: u32,
     pub(crate) token: CancellationToken,
     pub(crate) reason: Arc<Mutex<Option<StopReason>>>,
     pub(crate) done: CancellationToken,
 }
 
 impl RunnerCtl {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(attempt: u32) -> Self {
         Self {
+            attempt,
             token: CancellationToken::new(),
             reason: Arc::new(Mutex::new(None)),
             done: CancellationToken::new(),
@@ -366,8 +368,13 @@ impl TaskFlow {
         };
         self.admit(user)?;
         let claim = self.try_claim_now(user, name);
+        let task_id = uuid::Uuid::now_v7().to_string();
+        // Registered before the commit so that a runner that claims the task at once sees it.
+        if let Some(ctx) = options.user_context.clone() {
+            lock(&shared.user_contexts).insert(task_id.clone(), ctx);
+        }
         let params = SubmitParams {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: task_id.clone(),
             name: name.to_owned(),
             key,
             user_id: options.user.clone(),
@@ -378,7 +385,21 @@ impl TaskFlow {
             now: now_ms(),
             claim: claim.clone(),
         };
+        // Counted before the commit: the executor may claim the task before we return.
+        if claim.is_none() {
+            shared.pending_estimate.fetch_add(1, Ordering::Relaxed);
+        }
         let result = shared.writer.write(WriteOp::Submit(params)).await;
+        if claim.is_none()
+            && !matches!(&result, Ok(o) if matches!(o.result, OpResult::Submitted { created: true, .. }))
+        {
+            let _ =
+                shared
+                    .pending_estimate
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+                        Some(p.saturating_sub(1))
+                    });
+        }
         let (task, created, claimed) = match result {
             Ok(o) => match o.result {
                 OpResult::Submitted {
@@ -392,9 +413,13 @@ impl TaskFlow {
                 if claim.is_some() {
                     lock(&shared.slots).release(user, name);
                 }
+                lock(&shared.user_contexts).remove(&task_id);
                 return Err(e);
             }
         };
+        if !created {
+            lock(&shared.user_contexts).remove(&task_id);
+        }
         tracing::Span::current().record("task.id", tracing::field::display(&task.id));
         if claim.is_some() && !claimed {
             lock(&shared.slots).release(user, name);
@@ -411,13 +436,9 @@ impl TaskFlow {
             1,
             &[opentelemetry::KeyValue::new("task.name", name.to_owned())],
         );
-        if let Some(ctx) = options.user_context {
-            lock(&shared.user_contexts).insert(task.id.clone(), ctx);
-        }
         if claimed {
-            runner::spawn(shared.clone(), task, false, registered);
+            runner::spawn(shared.clone(), *task, false, registered);
         } else {
-            shared.pending_estimate.fetch_add(1, Ordering::Relaxed);
             shared.kick();
         }
         Ok(Submitted::Created(handle))
@@ -440,15 +461,15 @@ impl TaskFlow {
         }
         let now = Instant::now();
         let mut admission = lock(&shared.admission);
-        if let Some(window) = admission.global.as_mut() {
-            if let Err(wait) = window.try_acquire("", now) {
-                return reject("rate limit exceeded", wait);
-            }
+        if let Some(window) = admission.global.as_mut()
+            && let Err(wait) = window.try_acquire("", now)
+        {
+            return reject("rate limit exceeded", wait);
         }
-        if let (Some(window), Some(user)) = (admission.per_user.as_mut(), user) {
-            if let Err(wait) = window.try_acquire(user, now) {
-                return reject("user rate limit exceeded", wait);
-            }
+        if let (Some(window), Some(user)) = (admission.per_user.as_mut(), user)
+            && let Err(wait) = window.try_acquire(user, now)
+        {
+            return reject("user rate limit exceeded", wait);
         }
         Ok(())
     }
@@ -512,7 +533,10 @@ impl TaskFlow {
             });
         }
         let poll = (!shared.store.is_exclusive()).then_some(shared.config.poll_interval);
+        // A finished task's log is final: a cursor at its end has nothing left to wait for.
+        let ended = task.status.is_terminal() && after_seq == task.last_seq;
         Ok(open_stream(
+            ended,
             shared.store.clone(),
             task.id,
             after_seq,
@@ -622,10 +646,10 @@ impl TaskFlow {
                 action: "cancel",
             }),
             (from, to) => {
-                if from == TaskStatus::Running {
-                    if let Some(ctl) = lock(&self.shared.running).get(&task.id) {
-                        ctl.request(StopReason::Cancel);
-                    }
+                if from == TaskStatus::Running
+                    && let Some(ctl) = lock(&self.shared.running).get(&task.id)
+                {
+                    ctl.request(StopReason::Cancel);
                 }
                 lock(&self.shared.user_contexts).remove(&task.id);
                 Ok(to)

@@ -1,5 +1,7 @@
 //! The store conformance suite against SQLite, each case on a fresh temporary file.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 
 use taskflow::{SqliteStore, Store};

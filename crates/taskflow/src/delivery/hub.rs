@@ -99,13 +99,12 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         drop(self.rx.take());
         self.hub.with(|channels| {
-            if let Some(channels) = channels.as_mut() {
-                if channels
+            if let Some(channels) = channels.as_mut()
+                && channels
                     .get(&self.task_id)
                     .is_some_and(|tx| tx.receiver_count() == 0)
-                {
-                    channels.remove(&self.task_id);
-                }
+            {
+                channels.remove(&self.task_id);
             }
         });
     }

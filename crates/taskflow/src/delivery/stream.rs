@@ -70,6 +70,7 @@ impl Drop for ActiveGuard {
 
 /// Builds the stream; `sub` must be registered before this is called (live first).
 pub(crate) fn open(
+    ended: bool,
     store: Arc<dyn Store>,
     task_id: String,
     after: u64,
@@ -84,8 +85,8 @@ pub(crate) fn open(
         after,
         sub,
         buffer: VecDeque::new(),
-        need_read: true,
-        done: false,
+        need_read: !ended,
+        done: ended,
         poll,
         _active: ActiveGuard(metrics),
     };

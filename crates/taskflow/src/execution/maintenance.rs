@@ -26,7 +26,10 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>) {
 }
 
 async fn renew(shared: &Shared) -> Result<()> {
-    let before: Vec<String> = lock(&shared.running).keys().cloned().collect();
+    let before: Vec<(String, u32)> = lock(&shared.running)
+        .iter()
+        .map(|(id, ctl)| (id.clone(), ctl.attempt))
+        .collect();
     if before.is_empty() {
         return Ok(());
     }
@@ -37,10 +40,16 @@ async fn renew(shared: &Shared) -> Result<()> {
     let OpResult::Renewed(held) = shared.writer.write(op).await?.result else {
         return Err(crate::Error::Fenced);
     };
-    let held_ids: HashSet<&str> = held.iter().map(|l| l.task_id.as_str()).collect();
+    let held_ids: HashSet<(&str, u32)> = held
+        .iter()
+        .map(|l| (l.task_id.as_str(), l.attempt))
+        .collect();
     let running = lock(&shared.running);
-    for id in before.iter().filter(|id| !held_ids.contains(id.as_str())) {
-        if let Some(ctl) = running.get(id) {
+    for (id, attempt) in before
+        .iter()
+        .filter(|(id, a)| !held_ids.contains(&(id.as_str(), *a)))
+    {
+        if let Some(ctl) = running.get(id).filter(|c| c.attempt == *attempt) {
             warn!(task.id = %id, "lease lost; stopping the local run");
             ctl.request(StopReason::LeaseLost);
         }

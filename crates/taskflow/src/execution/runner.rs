@@ -33,8 +33,12 @@ pub(crate) fn spawn(
     recovery: bool,
     registered: Arc<Registered>,
 ) {
-    let ctl = RunnerCtl::new();
-    lock(&shared.running).insert(task.id.clone(), ctl.clone());
+    let ctl = RunnerCtl::new(task.attempt);
+    // A runner of an earlier attempt still here lost its lease (this node re-claimed the
+    // task after recovery): it must stop and may not write.
+    if let Some(stale) = lock(&shared.running).insert(task.id.clone(), ctl.clone()) {
+        stale.request(StopReason::LeaseLost);
+    }
     shared.metrics.running.add(1, &[]);
     let span = info_span!(
         "taskflow.task.execute",
@@ -245,7 +249,15 @@ fn schedule_wake(shared: &Arc<Shared>, run_at: i64) {
 }
 
 fn cleanup(shared: &Arc<Shared>, task: &TaskInfo, ctl: &RunnerCtl, started: Instant) {
-    lock(&shared.running).remove(&task.id);
+    {
+        let mut running = lock(&shared.running);
+        if running
+            .get(&task.id)
+            .is_some_and(|c| c.attempt == ctl.attempt)
+        {
+            running.remove(&task.id);
+        }
+    }
     lock(&shared.slots).release(task.user_id.as_deref(), &task.name);
     shared.metrics.running.add(-1, &[]);
     shared.metrics.duration.record(

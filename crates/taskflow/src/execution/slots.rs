@@ -54,10 +54,10 @@ impl Slots {
         if user.is_some_and(|u| self.per_user.get(u).copied().unwrap_or(0) >= self.per_user_limit) {
             return false;
         }
-        if let Some(&limit) = self.name_limits.get(name) {
-            if self.per_name.get(name).copied().unwrap_or(0) >= limit {
-                return false;
-            }
+        if let Some(&limit) = self.name_limits.get(name)
+            && self.per_name.get(name).copied().unwrap_or(0) >= limit
+        {
+            return false;
         }
         self.take(user, name);
         true

@@ -83,6 +83,8 @@ impl SlidingWindow {
         } else {
             (window - into) as f64
         };
+        // Clamped to [1, window] nanoseconds, so the cast cannot truncate meaningfully.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let wait = Duration::from_nanos(wait_nanos.ceil().clamp(1.0, window as f64) as u64);
         Err(wait)
     }

@@ -75,7 +75,7 @@ fn params(id: &str, key: &str, user: Option<&str>) -> SubmitParams {
 
 async fn submit(store: &dyn Store, p: SubmitParams) -> (TaskInfo, bool) {
     match one(store, WriteOp::Submit(p)).await.result {
-        OpResult::Submitted { task, created, .. } => (task, created),
+        OpResult::Submitted { task, created, .. } => (*task, created),
         other => panic!("unexpected {other:?}"),
     }
 }

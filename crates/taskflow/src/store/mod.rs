@@ -233,10 +233,10 @@ impl ClaimBudget {
         if self.global == 0 {
             return false;
         }
-        if let Some(user) = user {
-            if self.user_running.get(user).copied().unwrap_or(0) >= self.per_user {
-                return false;
-            }
+        if let Some(user) = user
+            && self.user_running.get(user).copied().unwrap_or(0) >= self.per_user
+        {
+            return false;
         }
         if let Some(&limit) = self.name_limits.get(name) {
             if self.name_running.get(name).copied().unwrap_or(0) >= limit {
@@ -318,7 +318,7 @@ pub enum OpResult {
     /// `Submit`: the task, and whether it was created (else it is the duplicate's).
     Submitted {
         /// The task as stored after the op.
-        task: TaskInfo,
+        task: Box<TaskInfo>,
         /// `true` if this op inserted it.
         created: bool,
         /// `true` if it was inserted already claimed by the submitting node.

@@ -295,17 +295,17 @@ async fn find_by_key(tx: &mut Tx<'_>, key: &str, user: &str) -> Result<Option<Ta
 
 async fn submit(tx: &mut Tx<'_>, p: &SubmitParams) -> Result<OpOutcome> {
     let user = p.user_id.as_deref().unwrap_or("");
-    if p.mode == IdempotencyMode::AtMostOnce {
-        if let Some(task) = find_by_key(tx, &p.key, user).await? {
-            return Ok(outcome(
-                OpResult::Submitted {
-                    task,
-                    created: false,
-                    claimed: false,
-                },
-                vec![],
-            ));
-        }
+    if p.mode == IdempotencyMode::AtMostOnce
+        && let Some(task) = find_by_key(tx, &p.key, user).await?
+    {
+        return Ok(outcome(
+            OpResult::Submitted {
+                task: Box::new(task),
+                created: false,
+                claimed: false,
+            },
+            vec![],
+        ));
     }
     let (status, attempt, last_seq) = match p.claim {
         Some(_) => (TaskStatus::Running, 1, 2),
@@ -343,7 +343,7 @@ async fn submit(tx: &mut Tx<'_>, p: &SubmitParams) -> Result<OpOutcome> {
         })?;
         return Ok(outcome(
             OpResult::Submitted {
-                task,
+                task: Box::new(task),
                 created: false,
                 claimed: false,
             },
@@ -372,7 +372,7 @@ async fn submit(tx: &mut Tx<'_>, p: &SubmitParams) -> Result<OpOutcome> {
     };
     Ok(outcome(
         OpResult::Submitted {
-            task,
+            task: Box::new(task),
             created: true,
             claimed: p.claim.is_some(),
         },

@@ -67,7 +67,9 @@ async fn run(
         match store.write_batch(&ops).await {
             Ok(outcomes) => deliver(&hub, outcomes, replies),
             Err(e) if ops.len() == 1 => {
-                let _ = replies.into_iter().next().map(|r| r.send(Err(e)));
+                if let Some(reply) = replies.into_iter().next() {
+                    let _ = reply.send(Err(e));
+                }
             }
             Err(e) => {
                 // One bad op must not fail its neighbours: retry each on its own.

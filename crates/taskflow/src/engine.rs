@@ -249,6 +249,11 @@ impl TaskFlow {
             .background
             .spawn(maintenance::heartbeat(shared.clone()));
         shared.background.spawn(maintenance::reaper(shared.clone()));
+        if let Some(notices) = shared.store.notices() {
+            shared
+                .background
+                .spawn(maintenance::relay_notices(shared.clone(), notices));
+        }
         info!(node = %shared.node, backend = ?shared.store.backend(), "task engine started");
         Ok(Self { shared })
     }

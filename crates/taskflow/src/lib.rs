@@ -41,7 +41,7 @@ pub use event::{EventKind, NewEvent, RESERVED_EVENT_NAMES, TaskEvent};
 pub use guard::{MAX_KEY_LEN, MAX_PAYLOAD_BYTES, RateLimit};
 pub use handler::{TaskContext, TaskError, TaskErrorKind};
 pub use key::idempotency_key;
-pub use store::{SqliteStore, SqliteSynchronous, Store};
+pub use store::{PostgresStore, SqliteStore, SqliteSynchronous, Store};
 pub use task::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT, IdempotencyMode, SubmitOptions, Submitted, TaskHandle,
     TaskInfo, TaskOptions, TaskStatus,

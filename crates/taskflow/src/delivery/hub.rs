@@ -16,7 +16,6 @@ pub(crate) enum Live {
     /// A committed event.
     Event(Arc<TaskEvent>),
     /// Something was committed elsewhere (another node): re-read the store.
-    #[allow(dead_code)] // sent by stores with remote writers (Postgres NOTIFY)
     Hint,
 }
 
@@ -49,8 +48,16 @@ impl Hub {
         });
     }
 
+    /// Tells every subscriber to re-read the store (hints may have been lost).
+    pub(crate) fn hint_all(&self) {
+        self.with(|channels| {
+            for tx in channels.iter().flat_map(|c| c.values()) {
+                let _ = tx.send(Live::Hint);
+            }
+        });
+    }
+
     /// Tells the task's subscribers to re-read the store.
-    #[allow(dead_code)] // used by stores with remote writers
     pub(crate) fn hint(&self, task_id: &str) {
         self.with(|channels| {
             if let Some(tx) = channels.as_ref().and_then(|c| c.get(task_id)) {

@@ -132,3 +132,27 @@ pub(crate) async fn purge(shared: &Shared) -> Result<u64> {
         other => unreachable_outcome(&other),
     }
 }
+
+/// Turns the store's cross-process hints into subscriber re-reads and executor wake-ups.
+pub(crate) async fn relay_notices(
+    shared: Arc<Shared>,
+    mut notices: tokio::sync::broadcast::Receiver<crate::store::Notice>,
+) {
+    use crate::store::Notice;
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let notice = tokio::select! {
+            () = shared.stop_claiming.cancelled() => break,
+            n = notices.recv() => n,
+        };
+        match notice {
+            Ok(Notice::Events(task_id)) => shared.hub.hint(&task_id),
+            Ok(Notice::Work) => shared.kick(),
+            Ok(Notice::Resync) | Err(RecvError::Lagged(_)) => {
+                shared.hub.hint_all();
+                shared.kick();
+            }
+            Err(RecvError::Closed) => break,
+        }
+    }
+}

@@ -24,9 +24,12 @@ use crate::task::{IdempotencyMode, TaskInfo, TaskStatus};
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
+mod effects;
+mod postgres;
 mod sqlite;
 pub(crate) mod writer;
 
+pub use postgres::PostgresStore;
 pub use sqlite::{SqliteStore, SqliteSynchronous};
 
 /// Which database a store runs on, for the few places where behaviour differs.
@@ -79,8 +82,25 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Number of `pending` tasks.
     async fn tasks_pending_count(&self) -> Result<u64>;
 
+    /// Wake-up hints from other processes sharing the store (`None` for an exclusive
+    /// store). Hints can be lost; the engine also polls.
+    fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>> {
+        None
+    }
+
     /// Releases connections and locks. Idempotent.
     async fn close(&self);
+}
+
+/// A hint that another process changed the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// New events were committed for this task.
+    Events(String),
+    /// Claimable work was created.
+    Work,
+    /// Hints may have been missed (the listener reconnected): re-check everything.
+    Resync,
 }
 
 /// The claim a runner holds: fenced writes must match all three.

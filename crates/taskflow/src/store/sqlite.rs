@@ -526,49 +526,9 @@ async fn emit(
 }
 
 async fn finish(tx: &mut Tx<'_>, fence: &Fence, finish: &Finish, now: i64) -> Result<OpOutcome> {
-    let (status, result, error, run_at, event) = match finish {
-        Finish::Complete { result } => (
-            TaskStatus::Completed,
-            Some(result.to_string()),
-            None,
-            None,
-            Some(NewEvent::engine(
-                EventKind::Completed,
-                json!({ "result": result }),
-            )),
-        ),
-        Finish::Retry { error, run_at } => (
-            TaskStatus::Pending,
-            None,
-            Some(error.to_string()),
-            Some(*run_at),
-            Some(NewEvent::engine(
-                EventKind::Retrying,
-                json!({"attempt": fence.attempt, "error": error, "retryInMs": (run_at - now).max(0)}),
-            )),
-        ),
-        Finish::Fail { error } => (
-            TaskStatus::Failed,
-            None,
-            Some(error.to_string()),
-            None,
-            Some(NewEvent::engine(
-                EventKind::Failed,
-                json!({"error": error, "attempt": fence.attempt}),
-            )),
-        ),
-        Finish::Suspend { reason } => (
-            TaskStatus::Suspended,
-            None,
-            None,
-            None,
-            Some(NewEvent::engine(
-                EventKind::Suspended,
-                json!({ "reason": reason }),
-            )),
-        ),
-        Finish::Release => (TaskStatus::Pending, None, None, Some(now), None),
-    };
+    let (status, result, error, run_at, event) = super::effects::finish_effects(fence, finish, now);
+    let result = result.as_ref().map(Value::to_string);
+    let error = error.as_ref().map(Value::to_string);
     let bump = i64::from(event.is_some());
     let release = matches!(finish, Finish::Release);
     let sql = concat!(
@@ -611,63 +571,32 @@ async fn control(tx: &mut Tx<'_>, id: &str, action: Control, now: i64) -> Result
     };
     let from = parse_status(&row.try_get::<String, _>(0)?)?;
     let unchanged = || outcome(OpResult::Controlled { from, to: from }, vec![]);
-    let (to, event, sql): (TaskStatus, Option<NewEvent>, &'static str) = match (action, from) {
-        (Control::Stop, TaskStatus::Pending) => (
-            TaskStatus::Suspended,
-            Some(NewEvent::engine(
-                EventKind::Suspended,
-                json!({"reason": "stopped"}),
-            )),
-            "UPDATE tasks SET status = 'suspended', last_seq = last_seq + 1, updated_at = ? \
-             WHERE id = ? AND status = 'pending' RETURNING last_seq",
-        ),
-        (Control::RequestStop, TaskStatus::Running) => {
+    let Some((to, event)) = super::effects::control_effect(action, from) else {
+        if action == Control::RequestStop && from == TaskStatus::Running {
             sqlx::query("UPDATE tasks SET control = 'stop' WHERE id = ? AND status = 'running'")
                 .bind(id)
                 .execute(&mut **tx)
                 .await?;
-            return Ok(unchanged());
         }
-        (Control::Resume, TaskStatus::Suspended) => (
-            TaskStatus::Pending,
-            Some(NewEvent::engine(EventKind::Resumed, json!({}))),
-            "UPDATE tasks SET status = 'pending', run_at = ?1, last_seq = last_seq + 1, \
-             updated_at = ?1 WHERE id = ?2 AND status = 'suspended' RETURNING last_seq",
-        ),
-        (Control::Cancel, TaskStatus::Pending | TaskStatus::Running | TaskStatus::Suspended) => (
-            TaskStatus::Cancelled,
-            Some(NewEvent::engine(
-                EventKind::Cancelled,
-                json!({"reason": "cancelled"}),
-            )),
-            "UPDATE tasks SET status = 'cancelled', owner_node = NULL, lease_expires_at = NULL, \
-             last_seq = last_seq + 1, updated_at = ? \
-             WHERE id = ? AND status IN ('pending', 'running', 'suspended') RETURNING last_seq",
-        ),
-        (Control::Redrive, TaskStatus::Failed) => (
-            TaskStatus::Pending,
-            Some(NewEvent::engine(
-                EventKind::Resumed,
-                json!({"redrive": true}),
-            )),
-            "UPDATE tasks SET status = 'pending', run_at = ?1, max_attempts = attempt + max_attempts, \
-             last_seq = last_seq + 1, updated_at = ?1 WHERE id = ?2 AND status = 'failed' \
-             RETURNING last_seq",
-        ),
-        _ => return Ok(unchanged()),
+        return Ok(unchanged());
     };
-    let last: Option<i64> = sqlx::query_scalar(sql)
-        .bind(now)
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await?;
+    let last: Option<i64> = sqlx::query_scalar(
+        "UPDATE tasks SET status = ?1, run_at = CASE WHEN ?1 = 'pending' THEN ?2 ELSE run_at END, \
+         max_attempts = CASE WHEN status = 'failed' THEN attempt + max_attempts ELSE max_attempts END, \
+         owner_node = CASE WHEN ?1 = 'cancelled' THEN NULL ELSE owner_node END, \
+         lease_expires_at = CASE WHEN ?1 = 'cancelled' THEN NULL ELSE lease_expires_at END, \
+         last_seq = last_seq + 1, updated_at = ?2 WHERE id = ?3 AND status = ?4 RETURNING last_seq",
+    )
+    .bind(to.as_str())
+    .bind(now)
+    .bind(id)
+    .bind(from.as_str())
+    .fetch_optional(&mut **tx)
+    .await?;
     let Some(last) = last else {
         return Ok(unchanged());
     };
-    let events = match event {
-        Some(ev) => insert_events(tx, id, last, &[ev], now).await?,
-        None => vec![],
-    };
+    let events = insert_events(tx, id, last, &[event], now).await?;
     Ok(outcome(OpResult::Controlled { from, to }, events))
 }
 
@@ -709,8 +638,12 @@ async fn reap(tx: &mut Tx<'_>, now: i64, cutoff: i64, all: bool) -> Result<OpOut
         let max_attempts: i64 = r.try_get(2)?;
         let auto_recover: bool = r.try_get(3)?;
         let created_at: i64 = r.try_get(4)?;
-        let (status, error, event) =
-            recovery_decision(attempt, max_attempts, auto_recover, created_at < cutoff);
+        let (status, error, event) = super::effects::recovery_decision(
+            attempt,
+            max_attempts,
+            auto_recover,
+            created_at < cutoff,
+        );
         let last: Option<i64> = sqlx::query_scalar(
             "UPDATE tasks SET status = ?, error = coalesce(?, error), owner_node = NULL, \
              lease_expires_at = NULL, control = NULL, recovery = 1, run_at = ?, \
@@ -731,47 +664,6 @@ async fn reap(tx: &mut Tx<'_>, now: i64, cutoff: i64, all: bool) -> Result<OpOut
     }
     let n = u64::try_from(events.len()).unwrap_or(0);
     Ok(outcome(OpResult::Count(n), events))
-}
-
-/// What recovery does with a running task whose node is gone.
-pub(crate) fn recovery_decision(
-    attempt: i64,
-    max_attempts: i64,
-    auto_recover: bool,
-    too_old: bool,
-) -> (TaskStatus, Option<Value>, NewEvent) {
-    let fail = |message: &str| {
-        let error = json!({"message": message, "kind": "lease_expired"});
-        (
-            TaskStatus::Failed,
-            Some(error.clone()),
-            NewEvent::engine(
-                EventKind::Failed,
-                json!({"error": error, "attempt": attempt}),
-            ),
-        )
-    };
-    if too_old {
-        fail("task exceeded recovery_max_age after its node stopped")
-    } else if attempt >= max_attempts {
-        fail("node stopped during the last allowed attempt")
-    } else if auto_recover {
-        let error = json!({"message": "lease expired", "kind": "lease_expired"});
-        (
-            TaskStatus::Pending,
-            Some(error.clone()),
-            NewEvent::engine(
-                EventKind::Retrying,
-                json!({"attempt": attempt, "error": error, "retryInMs": 0}),
-            ),
-        )
-    } else {
-        (
-            TaskStatus::Suspended,
-            None,
-            NewEvent::engine(EventKind::Suspended, json!({"reason": "lease_expired"})),
-        )
-    }
 }
 
 async fn purge(tx: &mut Tx<'_>, terminal_before: i64, suspended_before: i64) -> Result<OpOutcome> {

@@ -88,6 +88,8 @@ pub(crate) struct Shared {
     pub(crate) slots: Mutex<Slots>,
     pub(crate) running: Mutex<HashMap<String, RunnerCtl>>,
     pub(crate) user_contexts: Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
+    /// Trace context of the submission, so this process's runs join the request's trace.
+    pub(crate) trace_parents: Mutex<HashMap<String, opentelemetry::Context>>,
     admission: Mutex<Admission>,
     pub(crate) pending_estimate: AtomicU64,
     /// The store may hold claimable work this node has not looked at yet.
@@ -101,7 +103,8 @@ pub(crate) struct Shared {
     writer_tracker: TaskTracker,
     writer_close: CancellationToken,
     pub(crate) metrics: Metrics,
-    shutdown_done: OnceCell<()>,
+    drained: OnceCell<()>,
+    closed: OnceCell<()>,
 }
 
 impl Shared {
@@ -225,6 +228,7 @@ impl TaskFlow {
             registry: RwLock::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             user_contexts: Mutex::new(HashMap::new()),
+            trace_parents: Mutex::new(HashMap::new()),
             admission: Mutex::new(admission),
             pending_estimate: AtomicU64::new(0),
             backlog: AtomicBool::new(true),
@@ -236,7 +240,8 @@ impl TaskFlow {
             writer_tracker,
             writer_close,
             metrics: Metrics::new(),
-            shutdown_done: OnceCell::new(),
+            drained: OnceCell::new(),
+            closed: OnceCell::new(),
         });
         if shared.store.is_exclusive() {
             maintenance::recover_at_startup(&shared).await?;
@@ -441,6 +446,11 @@ impl TaskFlow {
             1,
             &[opentelemetry::KeyValue::new("task.name", name.to_owned())],
         );
+        {
+            use tracing_opentelemetry::OpenTelemetrySpanExt;
+            let cx = tracing::Span::current().context();
+            lock(&shared.trace_parents).insert(task.id.clone(), cx);
+        }
         if claimed {
             runner::spawn(shared.clone(), *task, false, registered);
         } else {
@@ -657,6 +667,7 @@ impl TaskFlow {
                     ctl.request(StopReason::Cancel);
                 }
                 lock(&self.shared.user_contexts).remove(&task.id);
+                lock(&self.shared.trace_parents).remove(&task.id);
                 Ok(to)
             }
         }
@@ -714,25 +725,62 @@ impl TaskFlow {
         self.shared.closing.load(Ordering::Acquire)
     }
 
-    /// Shuts the engine down, once: stop claiming; let running tasks finish for the drain
-    /// timeout; release the rest to `pending` (attempt not spent, lease released) after
-    /// their stop grace; commit the last writes; close the store. Later and concurrent calls
-    /// wait for the same shutdown.
+    /// Stops claiming and drains, once: running tasks get the drain timeout to finish;
+    /// the rest are asked to stop with reason `shutdown` and, when their handler returns
+    /// or after the stop grace, released to `pending` (attempt not spent, lease released)
+    /// so the next process resumes them at once. New submissions fail with
+    /// [`Error::ShuttingDown`] from the first moment. The store stays open (subscribers
+    /// and status reads still work) until [`close`](Self::close).
     ///
     /// # Cancellation safety
     ///
-    /// Cancellation safe: the shutdown runs to completion in the first caller's future or,
+    /// Cancellation safe: the drain runs to completion in the first caller's future or,
     /// if that is dropped, in the next caller's.
-    pub async fn shutdown(&self) {
+    pub async fn drain(&self) {
         let shared = self.shared.clone();
-        self.shared
-            .shutdown_done
-            .get_or_init(|| shutdown(shared))
-            .await;
+        self.shared.drained.get_or_init(|| drain(shared)).await;
+    }
+
+    /// Drains (if not done yet), then commits the last writes, ends every subscription
+    /// with [`Error::ShuttingDown`] and closes the store, once.
+    ///
+    /// # Cancellation safety
+    ///
+    /// As for [`drain`](Self::drain).
+    pub async fn close(&self) {
+        self.drain().await;
+        let shared = self.shared.clone();
+        self.shared.closed.get_or_init(|| close(shared)).await;
+    }
+
+    /// [`drain`](Self::drain) then [`close`](Self::close): the whole engine shutdown of
+    /// DESIGN §2, once. Later and concurrent calls wait for the same shutdown.
+    ///
+    /// # Cancellation safety
+    ///
+    /// As for [`drain`](Self::drain).
+    pub async fn shutdown(&self) {
+        self.close().await;
+    }
+
+    /// Checks that the store answers (for readiness probes).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShuttingDown`] once closed; the store's error if it does not answer.
+    ///
+    /// # Cancellation safety
+    ///
+    /// Cancellation safe (read only).
+    pub async fn health(&self) -> Result<()> {
+        if self.shared.closed.initialized() {
+            return Err(Error::ShuttingDown);
+        }
+        self.shared.store.health().await
     }
 }
 
-async fn shutdown(shared: Arc<Shared>) {
+async fn drain(shared: Arc<Shared>) {
     shared.closing.store(true, Ordering::Release);
     shared.stop_claiming.cancel();
     shared.runners.close();
@@ -754,6 +802,9 @@ async fn shutdown(shared: Arc<Shared>) {
     }
     shared.background.close();
     shared.background.wait().await;
+}
+
+async fn close(shared: Arc<Shared>) {
     shared.hub.close();
     shared.writer_close.cancel();
     shared.writer_tracker.close();

@@ -110,7 +110,7 @@ async fn two_nodes_run_each_task_once_and_stream_across_nodes() {
         let ticks = events.iter().filter(|e| e.name == "tick").count();
         assert_eq!(ticks, i % 5 + 1);
     }
-    let runs = runs.lock().unwrap();
+    let runs = runs.lock().unwrap().clone();
     assert_eq!(runs.len(), 40);
     assert!(
         runs.values().all(|nodes| nodes.len() == 1),

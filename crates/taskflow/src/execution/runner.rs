@@ -46,6 +46,11 @@ pub(crate) fn spawn(
         task.id = %task.id,
         task.attempt = task.attempt,
     );
+    if let Some(parent) = lock(&shared.trace_parents).get(&task.id).cloned() {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        // Without an OpenTelemetry layer there is nothing to join; that is fine.
+        let _ = span.set_parent(parent);
+    }
     let tracker = shared.runners.clone();
     tracker.spawn(run(shared, task, recovery, registered, ctl).instrument(span));
 }
@@ -204,6 +209,7 @@ async fn finish(
     }
     if terminal {
         lock(&shared.user_contexts).remove(&task.id);
+        lock(&shared.trace_parents).remove(&task.id);
     }
     if let Some(run_at) = retry_at {
         schedule_wake(shared, run_at);

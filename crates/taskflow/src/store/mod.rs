@@ -88,6 +88,9 @@ pub trait Store: Send + Sync + Debug + 'static {
         None
     }
 
+    /// Checks that the store answers a trivial query.
+    async fn health(&self) -> Result<()>;
+
     /// Releases connections and locks. Idempotent.
     async fn close(&self);
 }

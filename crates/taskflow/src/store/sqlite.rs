@@ -228,6 +228,11 @@ impl Store for SqliteStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    async fn health(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
     async fn close(&self) {
         if let Some(conn) = self.writer.lock().await.take() {
             let _ = conn.close().await;

@@ -1,0 +1,220 @@
+//! Unit tests for parsing the telemetry configuration.
+
+use super::*;
+use std::collections::HashMap;
+
+fn parse(vars: &[(&str, &str)]) -> Result<TelemetryConfig, ConfigError> {
+    let map: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    TelemetryConfig::from_lookup(|name| map.get(name).cloned())
+}
+
+#[test]
+fn no_endpoint_means_no_export() {
+    let config = parse(&[]).unwrap();
+    assert_eq!(config.otlp, None);
+    assert_eq!(config.sampler, Sampler::ParentBasedAlwaysOn);
+    assert_eq!(config.log_format, LogFormat::Pretty);
+    assert_eq!(config.log_filter, DEFAULT_LOG_FILTER);
+    assert!(!config.service_name.is_empty());
+}
+
+#[test]
+fn bad_protocol_names_the_variable_value_and_expected_form() {
+    let err = parse(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/xml"),
+    ])
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{text}");
+    assert!(text.contains("http/xml"), "{text}");
+    assert!(text.contains("`http/protobuf` or `grpc`"), "{text}");
+    assert_eq!(err.problems().len(), 1);
+}
+
+#[test]
+fn every_problem_is_collected() {
+    let err = parse(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift"),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "10s"),
+        ("APPKIT_ENV", "staging"),
+        ("RUST_LOG", "info,foo=notalevel"),
+    ])
+    .unwrap_err();
+    let vars: Vec<&str> = err.problems().iter().map(|p| p.variable).collect();
+    for expected in [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_TRACES_SAMPLER_ARG",
+        "OTEL_METRIC_EXPORT_INTERVAL",
+        "APPKIT_ENV",
+        "RUST_LOG",
+    ] {
+        assert!(vars.contains(&expected), "{expected} missing from {vars:?}");
+    }
+}
+
+#[test]
+fn headers_are_redacted_in_errors() {
+    let err = parse(&[("OTEL_EXPORTER_OTLP_HEADERS", "Authorization Bearer s3cret")]).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("OTEL_EXPORTER_OTLP_HEADERS"), "{text}");
+    assert!(!text.contains("s3cret"), "{text}");
+}
+
+#[test]
+fn sampler_names_and_ratio_parse() {
+    let cases = [
+        ("always_on", None, Sampler::AlwaysOn),
+        ("always_off", None, Sampler::AlwaysOff),
+        ("traceidratio", Some("0.25"), Sampler::TraceIdRatio(0.25)),
+        ("traceidratio", None, Sampler::TraceIdRatio(1.0)),
+        ("parentbased_always_on", None, Sampler::ParentBasedAlwaysOn),
+        (
+            "parentbased_always_off",
+            None,
+            Sampler::ParentBasedAlwaysOff,
+        ),
+        (
+            "parentbased_traceidratio",
+            Some("0"),
+            Sampler::ParentBasedTraceIdRatio(0.0),
+        ),
+        // The argument is ignored by samplers that take none.
+        ("always_on", Some("oops"), Sampler::AlwaysOn),
+    ];
+    for (name, arg, expected) in cases {
+        let mut vars = vec![("OTEL_TRACES_SAMPLER", name)];
+        if let Some(arg) = arg {
+            vars.push(("OTEL_TRACES_SAMPLER_ARG", arg));
+        }
+        assert_eq!(parse(&vars).unwrap().sampler, expected, "{name} {arg:?}");
+    }
+}
+
+#[test]
+fn unknown_sampler_and_bad_ratio_are_errors() {
+    let err = parse(&[("OTEL_TRACES_SAMPLER", "jaeger_remote")]).unwrap_err();
+    assert_eq!(err.problems()[0].variable, "OTEL_TRACES_SAMPLER");
+    assert!(err.problems()[0].expected.contains("parentbased_always_on"));
+
+    let err = parse(&[
+        ("OTEL_TRACES_SAMPLER", "traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "half"),
+    ])
+    .unwrap_err();
+    assert_eq!(err.problems()[0].variable, "OTEL_TRACES_SAMPLER_ARG");
+    assert_eq!(err.problems()[0].value, "half");
+}
+
+#[test]
+fn http_base_endpoint_gets_signal_paths_and_signal_endpoints_are_used_as_is() {
+    let config = parse(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+        (
+            "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+            "https://logs.example/ingest",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "x-api-key=abc%20def,x-other=1",
+        ),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "2000"),
+    ])
+    .unwrap();
+    let otlp = config.otlp.unwrap();
+    let traces = otlp.traces.unwrap();
+    assert_eq!(traces.endpoint, "http://collector:4318/v1/traces");
+    assert_eq!(traces.protocol, Protocol::HttpProtobuf);
+    assert_eq!(
+        traces.headers,
+        vec![
+            ("x-api-key".to_owned(), "abc def".to_owned()),
+            ("x-other".to_owned(), "1".to_owned())
+        ]
+    );
+    assert_eq!(
+        otlp.metrics.unwrap().endpoint,
+        "http://collector:4318/v1/metrics"
+    );
+    assert_eq!(otlp.logs.unwrap().endpoint, "https://logs.example/ingest");
+    assert_eq!(otlp.timeout, Duration::from_millis(2000));
+}
+
+#[test]
+fn grpc_uses_the_base_endpoint_as_is() {
+    let config = parse(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+    ])
+    .unwrap();
+    let traces = config.otlp.unwrap().traces.unwrap();
+    assert_eq!(traces.endpoint, "http://collector:4317");
+    assert_eq!(traces.protocol, Protocol::Grpc);
+}
+
+#[test]
+fn only_signals_with_an_endpoint_are_exported() {
+    let config = parse(&[(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "http://collector:4318/v1/traces",
+    )])
+    .unwrap();
+    let otlp = config.otlp.unwrap();
+    assert!(otlp.traces.is_some());
+    assert!(otlp.metrics.is_none());
+    assert!(otlp.logs.is_none());
+}
+
+#[test]
+fn exporter_none_and_sdk_disabled_turn_export_off() {
+    let config = parse(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        ("OTEL_METRICS_EXPORTER", "none"),
+    ])
+    .unwrap();
+    let otlp = config.otlp.unwrap();
+    assert!(otlp.metrics.is_none());
+    assert!(otlp.traces.is_some());
+
+    let config = parse(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        ("OTEL_SDK_DISABLED", "true"),
+    ])
+    .unwrap();
+    assert_eq!(config.otlp, None);
+}
+
+#[test]
+fn service_name_precedence() {
+    let name = |vars: &[(&str, &str)]| parse(vars).unwrap().service_name;
+    assert_eq!(
+        name(&[
+            ("OTEL_SERVICE_NAME", "otel"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "service.name=attr"),
+            ("DATABRICKS_APP_NAME", "dbx"),
+        ]),
+        "otel"
+    );
+    assert_eq!(
+        name(&[
+            ("OTEL_RESOURCE_ATTRIBUTES", "service.name=attr,team=core"),
+            ("DATABRICKS_APP_NAME", "dbx"),
+        ]),
+        "attr"
+    );
+    assert_eq!(name(&[("DATABRICKS_APP_NAME", "dbx")]), "dbx");
+    assert_eq!(name(&[]), binary_name());
+}
+
+#[test]
+fn production_means_json_logs() {
+    let config = parse(&[("APPKIT_ENV", "production")]).unwrap();
+    assert_eq!(config.log_format, LogFormat::Json);
+}

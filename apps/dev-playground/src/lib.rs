@@ -1,0 +1,201 @@
+//! The dev-playground's demo plugin (DESIGN.md §9): `count`, `flaky` and `sleep` tasks
+//! streamed over SSE, the task routes, and a web page at `/`.
+
+use std::time::Duration;
+
+use appkit::extract::Json;
+use appkit::taskflow::{TaskContext, TaskError, TaskOptions};
+use appkit::{
+    AppBuilder, BoxError, Error, ExecuteSettings, LastEventId, Plugin, PluginContext, SetupContext,
+    UserContext,
+};
+use axum::Router;
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::post;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// Largest `to` a count may have.
+pub const MAX_COUNT: u32 = 100_000;
+/// Longest delay or sleep a demo task may ask for, in milliseconds.
+pub const MAX_DELAY_MS: u64 = 3_600_000;
+/// Attempts the flaky task gets, so `fail_times` up to 9 still completes.
+pub const FLAKY_MAX_ATTEMPTS: u32 = 10;
+
+/// The app: the demo plugin and the page in `static/`.
+pub fn app(test_tasks: bool) -> AppBuilder {
+    appkit::App::builder()
+        .plugin(Demo { test_tasks })
+        .static_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/static"))
+}
+
+/// The `demo` plugin: routes under `/api/demo`.
+#[derive(Debug, Default)]
+pub struct Demo {
+    /// Also register the `stubborn` task, which ignores cancellation.
+    pub test_tasks: bool,
+}
+
+/// Input of `count`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CountInput {
+    /// Ticks to emit.
+    pub to: u32,
+    /// Delay before each tick, in milliseconds.
+    pub delay_ms: u64,
+}
+
+/// Input of `flaky`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlakyInput {
+    /// Attempts that fail before one succeeds.
+    pub fail_times: u32,
+}
+
+/// Input of `sleep` and `stubborn`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SleepInput {
+    /// How long to sleep, in milliseconds.
+    pub ms: u64,
+}
+
+#[appkit::async_trait]
+impl Plugin for Demo {
+    fn name(&self) -> &str {
+        "demo"
+    }
+
+    async fn setup(&mut self, cx: &mut SetupContext) -> Result<(), BoxError> {
+        let flow = cx.taskflow();
+        flow.register("count", count)?;
+        flow.register_with(
+            "flaky",
+            TaskOptions::new().max_attempts(FLAKY_MAX_ATTEMPTS),
+            flaky,
+        )?;
+        flow.register("sleep", sleep)?;
+        if self.test_tasks {
+            flow.register("stubborn", stubborn)?;
+        }
+        Ok(())
+    }
+
+    fn routes(&self, cx: &PluginContext) -> Router {
+        let mut router = Router::new()
+            .route("/count", post(start_count))
+            .route("/flaky", post(start_flaky))
+            .route("/sleep", post(start_sleep));
+        if self.test_tasks {
+            router = router.route("/stubborn", post(start_stubborn));
+        }
+        router
+            .nest("/tasks", appkit::task_routes())
+            .with_state(cx.clone())
+    }
+}
+
+/// Sleeps `ms`, or returns early with a retryable error when the run is asked to stop.
+async fn pause(ctx: &TaskContext, ms: u64) -> Result<(), TaskError> {
+    tokio::select! {
+        () = tokio::time::sleep(Duration::from_millis(ms)) => Ok(()),
+        () = ctx.cancelled() => Err(TaskError::retryable("run stopped")),
+    }
+}
+
+/// For i in 1..=to: a step `tick-{i}` that sleeps `delay_ms` and emits `tick {"i": i}`.
+async fn count(ctx: TaskContext, input: CountInput) -> Result<Value, TaskError> {
+    for i in 1..=input.to {
+        ctx.step(&format!("tick-{i}"), async {
+            pause(&ctx, input.delay_ms).await?;
+            ctx.emit("tick", json!({ "i": i })).await?;
+            Ok::<_, TaskError>(())
+        })
+        .await?;
+    }
+    Ok(json!({ "total": input.to }))
+}
+
+/// Fails its first `fail_times` attempts (retryably), then reports the attempts it took.
+async fn flaky(ctx: TaskContext, input: FlakyInput) -> Result<Value, TaskError> {
+    let attempt = ctx.attempt();
+    if attempt <= input.fail_times {
+        return Err(TaskError::retryable(format!(
+            "planned failure {attempt} of {}",
+            input.fail_times
+        )));
+    }
+    Ok(json!({ "attempts": attempt }))
+}
+
+/// Sleeps `ms` without emitting anything.
+async fn sleep(ctx: TaskContext, input: SleepInput) -> Result<Value, TaskError> {
+    pause(&ctx, input.ms).await?;
+    Ok(json!({ "sleptMs": input.ms }))
+}
+
+/// Sleeps `ms` and ignores every request to stop (test-only; what handlers must not do).
+async fn stubborn(_ctx: TaskContext, input: SleepInput) -> Result<Value, TaskError> {
+    tokio::time::sleep(Duration::from_millis(input.ms)).await;
+    Ok(json!({ "sleptMs": input.ms }))
+}
+
+fn check(ok: bool, message: &str) -> Result<(), Error> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(message.to_owned()))
+    }
+}
+
+async fn start_count(
+    State(cx): State<PluginContext>,
+    user: UserContext,
+    last: LastEventId,
+    Json(input): Json<CountInput>,
+) -> appkit::Result<Response> {
+    check(
+        (1..=MAX_COUNT).contains(&input.to),
+        "`to` must be from 1 to 100000",
+    )?;
+    check(
+        input.delay_ms <= MAX_DELAY_MS,
+        "`delay_ms` must be at most 3600000",
+    )?;
+    let settings = ExecuteSettings::new().last_event_id(last);
+    cx.execute_task(&user, "count", input, settings).await
+}
+
+async fn start_flaky(
+    State(cx): State<PluginContext>,
+    user: UserContext,
+    last: LastEventId,
+    Json(input): Json<FlakyInput>,
+) -> appkit::Result<Response> {
+    check(input.fail_times <= 100, "`fail_times` must be at most 100")?;
+    let settings = ExecuteSettings::new().last_event_id(last);
+    cx.execute_task(&user, "flaky", input, settings).await
+}
+
+async fn start_sleep(
+    State(cx): State<PluginContext>,
+    user: UserContext,
+    last: LastEventId,
+    Json(input): Json<SleepInput>,
+) -> appkit::Result<Response> {
+    check(input.ms <= MAX_DELAY_MS, "`ms` must be at most 3600000")?;
+    let settings = ExecuteSettings::new().last_event_id(last);
+    cx.execute_task(&user, "sleep", input, settings).await
+}
+
+async fn start_stubborn(
+    State(cx): State<PluginContext>,
+    user: UserContext,
+    Json(input): Json<SleepInput>,
+) -> appkit::Result<Response> {
+    cx.execute_task(&user, "stubborn", input, ExecuteSettings::new())
+        .await
+}

@@ -1,0 +1,708 @@
+//! Host configuration, read once from the environment.
+//!
+//! Only this module reads environment variables. [`Config::from_env`] collects every
+//! problem before it fails and returns one [`ConfigError`] that names each variable, the
+//! value it got and the form it expects. A malformed value is always an error, never a
+//! silent default. The variables are listed in `docs/configuration.md`; a unit test keeps
+//! that table and this module in step.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use appkit_lakebase::LakebaseConfig;
+use taskflow::RateLimit;
+
+/// Default port when neither `DATABRICKS_APP_PORT` nor `PORT` is set.
+pub const DEFAULT_PORT: u16 = 8000;
+/// Default bind address.
+pub const DEFAULT_HOST: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+/// Default task store location.
+pub const DEFAULT_TASKS_STORE: &str = "sqlite://.appkit/tasks.db";
+/// Default idle time after which an SSE stream gets a `: hb` comment.
+pub const DEFAULT_SSE_KEEPALIVE: Duration = Duration::from_millis(25_000);
+/// Default grace between an SSE client's disconnect and stopping its task.
+pub const DEFAULT_SSE_DISCONNECT_GRACE: Duration = Duration::from_millis(5_000);
+/// Default bound on the whole shutdown sequence.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_millis(15_000);
+/// Default limit on request bodies read by extractors.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+/// Default static directory, used when it exists and nothing else is configured.
+pub const DEFAULT_STATIC_DIR: &str = "client/dist";
+
+/// Whether the host runs for development or production.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Environment {
+    /// Local development: a fixed local user stands in for a missing one, and 5xx
+    /// messages are shown in full.
+    #[default]
+    Development,
+    /// Behind the platform proxy: a route that needs a user answers 401 without one, and
+    /// 5xx messages are redacted to "Server error".
+    Production,
+}
+
+/// The variables the Lakebase pool is configured with (see
+/// [`LakebaseConfig::from_env`]); read when `PGHOST` is set or the task store is `lakebase`.
+pub const LAKEBASE_VARIABLES: [&str; 11] = [
+    "PGHOST",
+    "PGPORT",
+    "PGDATABASE",
+    "PGUSER",
+    "PGSSLMODE",
+    "PGAPPNAME",
+    "PGPASSWORD",
+    "DATABRICKS_HOST",
+    "DATABRICKS_CLIENT_ID",
+    "DATABRICKS_CLIENT_SECRET",
+    "LAKEBASE_INSTANCE_NAME",
+];
+
+/// Where the task engine keeps its tasks and events.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum TasksStore {
+    /// An embedded SQLite file (one process owns it).
+    Sqlite(PathBuf),
+    /// A Postgres database given by a `postgres://` URL, on a pool of the store's own.
+    /// Several processes can share it.
+    Postgres(Box<LakebaseConfig>),
+    /// The Lakebase pool ([`Config::lakebase`], from the `PG*` variables), shared with the
+    /// plugins.
+    Lakebase,
+}
+
+/// Task engine settings the host passes on to [`taskflow::Config`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TaskflowSettings {
+    /// Lease on a running task (`TASKFLOW_LEASE_MS`).
+    pub lease: Duration,
+    /// Time running tasks get to finish at shutdown (`TASKFLOW_DRAIN_TIMEOUT_MS`).
+    pub drain_timeout: Duration,
+    /// Pending-work poll interval (`TASKFLOW_POLL_INTERVAL_MS`).
+    pub poll_interval: Duration,
+    /// Grace a stopped handler gets before it is dropped (`TASKFLOW_STOP_GRACE_MS`).
+    pub stop_grace: Duration,
+    /// Base of the retry backoff (`TASKFLOW_RETRY_BASE_MS`).
+    pub retry_base: Duration,
+    /// Cap of the retry backoff (`TASKFLOW_RETRY_CAP_MS`).
+    pub retry_cap: Duration,
+    /// Interval of the expired-lease scan (`TASKFLOW_REAP_INTERVAL_MS`).
+    pub reap_interval: Duration,
+}
+
+impl Default for TaskflowSettings {
+    fn default() -> Self {
+        Self {
+            lease: taskflow::DEFAULT_LEASE,
+            drain_timeout: taskflow::DEFAULT_DRAIN_TIMEOUT,
+            poll_interval: taskflow::DEFAULT_POLL_INTERVAL,
+            stop_grace: taskflow::DEFAULT_STOP_GRACE,
+            retry_base: taskflow::DEFAULT_RETRY_BASE,
+            retry_cap: taskflow::DEFAULT_RETRY_CAP,
+            reap_interval: taskflow::DEFAULT_REAP_INTERVAL,
+        }
+    }
+}
+
+/// Everything the host is configured with. `Default` gives the documented defaults.
+///
+/// # Examples
+///
+/// ```
+/// use appkit::{Config, Environment};
+/// let mut config = Config::default();
+/// config.env = Environment::Production;
+/// assert_eq!(config.port, 8000);
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Port to listen on; 0 picks an ephemeral one (`DATABRICKS_APP_PORT`, else `PORT`).
+    pub port: u16,
+    /// Address to bind (`APPKIT_HOST`).
+    pub host: IpAddr,
+    /// Development or production (`APPKIT_ENV`).
+    pub env: Environment,
+    /// The task store (`APPKIT_TASKS_STORE`).
+    pub tasks_store: TasksStore,
+    /// The Postgres schema the task store's tables live in: the `search_path` of the
+    /// connections of the pool it runs on (`APPKIT_TASKS_SCHEMA`).
+    pub tasks_schema: Option<String>,
+    /// The Lakebase pool, when `PGHOST` is set or the task store is `lakebase` (the `PG*`
+    /// and Databricks variables in [`LAKEBASE_VARIABLES`]).
+    pub lakebase: Option<LakebaseConfig>,
+    /// Idle time before a `: hb` keep-alive comment (`APPKIT_SSE_KEEPALIVE_MS`).
+    pub sse_keepalive: Duration,
+    /// Grace between a client's disconnect and stopping its task
+    /// (`APPKIT_SSE_DISCONNECT_GRACE_MS`).
+    pub sse_disconnect_grace: Duration,
+    /// Bound on the whole shutdown sequence (`APPKIT_SHUTDOWN_TIMEOUT_MS`).
+    pub shutdown_timeout: Duration,
+    /// Whether the `X-Forwarded-*` user headers are trusted
+    /// (`APPKIT_TRUST_FORWARDED_HEADERS`).
+    pub trust_forwarded_headers: bool,
+    /// The built front end to serve, overriding the app's choice (`APPKIT_STATIC_DIR`).
+    pub static_dir: Option<PathBuf>,
+    /// Largest request body extractors read (`APPKIT_MAX_BODY_BYTES`).
+    pub max_body_bytes: usize,
+    /// Submissions allowed per user (`APPKIT_RATE_LIMIT_PER_USER`, e.g. `20/1000ms`).
+    pub rate_limit_per_user: Option<RateLimit>,
+    /// Task engine settings.
+    pub taskflow: TaskflowSettings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            port: DEFAULT_PORT,
+            host: DEFAULT_HOST,
+            env: Environment::Development,
+            tasks_store: TasksStore::Sqlite(PathBuf::from(".appkit/tasks.db")),
+            tasks_schema: None,
+            lakebase: None,
+            sse_keepalive: DEFAULT_SSE_KEEPALIVE,
+            sse_disconnect_grace: DEFAULT_SSE_DISCONNECT_GRACE,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            trust_forwarded_headers: true,
+            static_dir: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            rate_limit_per_user: None,
+            taskflow: TaskflowSettings::default(),
+        }
+    }
+}
+
+/// One variable that did not parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The variable's name.
+    pub variable: &'static str,
+    /// The value it had.
+    pub value: String,
+    /// The form it should have.
+    pub expected: String,
+}
+
+/// Every configuration problem found, one per variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The problems, in the order the variables were read.
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration")?;
+        for p in &self.problems {
+            write!(f, "; {}={:?}: expected {}", p.variable, p.value, p.expected)?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming every variable with a bad value.
+    #[allow(clippy::disallowed_methods)] // the one place that reads the environment
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `lookup` (a variable's value, or `None` if unset).
+    ///
+    /// # Errors
+    ///
+    /// As for [`from_env`](Self::from_env).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// let env = HashMap::from([("APPKIT_SSE_KEEPALIVE_MS", "soon")]);
+    /// let err = appkit::Config::from_lookup(|k| env.get(k).map(|v| v.to_string())).unwrap_err();
+    /// assert!(err.to_string().contains("APPKIT_SSE_KEEPALIVE_MS"));
+    /// ```
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut r = Reader {
+            lookup: &lookup,
+            problems: Vec::new(),
+        };
+        let d = Self::default();
+        let port = match r.get("DATABRICKS_APP_PORT") {
+            Some(v) => r.parse("DATABRICKS_APP_PORT", &v, parse_port, d.port),
+            None => r.value("PORT", parse_port, d.port),
+        };
+        let taskflow = TaskflowSettings {
+            lease: r.value("TASKFLOW_LEASE_MS", positive_ms, d.taskflow.lease),
+            drain_timeout: r.value("TASKFLOW_DRAIN_TIMEOUT_MS", ms, d.taskflow.drain_timeout),
+            poll_interval: r.value(
+                "TASKFLOW_POLL_INTERVAL_MS",
+                positive_ms,
+                d.taskflow.poll_interval,
+            ),
+            stop_grace: r.value("TASKFLOW_STOP_GRACE_MS", ms, d.taskflow.stop_grace),
+            retry_base: r.value("TASKFLOW_RETRY_BASE_MS", positive_ms, d.taskflow.retry_base),
+            retry_cap: r.value("TASKFLOW_RETRY_CAP_MS", positive_ms, d.taskflow.retry_cap),
+            reap_interval: r.value(
+                "TASKFLOW_REAP_INTERVAL_MS",
+                positive_ms,
+                d.taskflow.reap_interval,
+            ),
+        };
+        let tasks_store = r.store(d.tasks_store);
+        let tasks_schema = r.value("APPKIT_TASKS_SCHEMA", parse_schema, None);
+        if tasks_schema.is_some() && matches!(tasks_store, TasksStore::Sqlite(_)) {
+            r.problem(
+                "APPKIT_TASKS_SCHEMA",
+                tasks_schema.clone().unwrap_or_default(),
+                "unset with a `sqlite://` task store (a schema needs `postgres://…` or `lakebase`)",
+            );
+        }
+        let lakebase = r.lakebase(matches!(tasks_store, TasksStore::Lakebase));
+        let config = Self {
+            port,
+            host: r.value("APPKIT_HOST", parse_host, d.host),
+            env: r.value("APPKIT_ENV", parse_env, d.env),
+            tasks_store,
+            tasks_schema,
+            lakebase,
+            sse_keepalive: r.value("APPKIT_SSE_KEEPALIVE_MS", positive_ms, d.sse_keepalive),
+            sse_disconnect_grace: r.value(
+                "APPKIT_SSE_DISCONNECT_GRACE_MS",
+                ms,
+                d.sse_disconnect_grace,
+            ),
+            shutdown_timeout: r.value(
+                "APPKIT_SHUTDOWN_TIMEOUT_MS",
+                positive_ms,
+                d.shutdown_timeout,
+            ),
+            trust_forwarded_headers: r.value(
+                "APPKIT_TRUST_FORWARDED_HEADERS",
+                parse_bool,
+                d.trust_forwarded_headers,
+            ),
+            static_dir: r.value("APPKIT_STATIC_DIR", parse_dir, None),
+            max_body_bytes: r.value("APPKIT_MAX_BODY_BYTES", parse_bytes, d.max_body_bytes),
+            rate_limit_per_user: r.value("APPKIT_RATE_LIMIT_PER_USER", parse_rate, None),
+            taskflow,
+        };
+        if r.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError {
+                problems: r.problems,
+            })
+        }
+    }
+
+    /// `true` in production.
+    pub fn is_production(&self) -> bool {
+        self.env == Environment::Production
+    }
+
+    /// The task engine configuration these settings describe.
+    pub fn taskflow_config(&self) -> taskflow::Config {
+        let t = &self.taskflow;
+        let mut config = taskflow::Config::default()
+            .lease(t.lease)
+            .drain_timeout(t.drain_timeout)
+            .poll_interval(t.poll_interval)
+            .stop_grace(t.stop_grace)
+            .retry_base(t.retry_base)
+            .retry_cap(t.retry_cap)
+            .reap_interval(t.reap_interval);
+        if let Some(limit) = self.rate_limit_per_user {
+            config = config.user_rate_limit(limit);
+        }
+        config
+    }
+}
+
+/// Collects problems while reading variables.
+struct Reader<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    problems: Vec<ConfigProblem>,
+}
+
+type Parser<T> = fn(&str) -> Result<T, String>;
+
+impl Reader<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        (self.lookup)(name)
+    }
+
+    fn value<T>(&mut self, name: &'static str, parse: Parser<T>, default: T) -> T {
+        match self.get(name) {
+            Some(v) => self.parse(name, &v, parse, default),
+            None => default,
+        }
+    }
+
+    fn parse<T>(&mut self, name: &'static str, value: &str, parse: Parser<T>, default: T) -> T {
+        match parse(value.trim()) {
+            Ok(v) => v,
+            Err(expected) => {
+                self.problem(name, value.to_owned(), expected);
+                default
+            }
+        }
+    }
+
+    fn problem(&mut self, variable: &'static str, value: String, expected: impl Into<String>) {
+        self.problems.push(ConfigProblem {
+            variable,
+            value,
+            expected: expected.into(),
+        });
+    }
+
+    /// `APPKIT_TASKS_STORE`; a URL's password is redacted in the problem.
+    fn store(&mut self, default: TasksStore) -> TasksStore {
+        const NAME: &str = "APPKIT_TASKS_STORE";
+        let Some(value) = self.get(NAME) else {
+            return default;
+        };
+        match parse_store(value.trim()) {
+            Ok(store) => store,
+            Err(expected) => {
+                self.problem(NAME, redact_url_password(&value), expected);
+                default
+            }
+        }
+    }
+
+    /// The Lakebase pool's configuration, when `PGHOST` is set or `required`.
+    fn lakebase(&mut self, required: bool) -> Option<LakebaseConfig> {
+        let host_set = self.get("PGHOST").is_some_and(|v| !v.trim().is_empty());
+        if !required && !host_set {
+            return None;
+        }
+        let vars: Vec<(&str, String)> = LAKEBASE_VARIABLES
+            .iter()
+            .filter_map(|&name| self.get(name).map(|v| (name, v)))
+            .collect();
+        match LakebaseConfig::from_vars(vars) {
+            Ok(config) => Some(config),
+            Err(appkit_lakebase::Error::Config(e)) => {
+                for p in e.problems() {
+                    let variable = LAKEBASE_VARIABLES
+                        .iter()
+                        .find(|&&n| n == p.variable())
+                        .copied()
+                        .unwrap_or("PGHOST");
+                    let value = p.value().unwrap_or("<unset>").to_owned();
+                    self.problem(variable, value, p.expected());
+                }
+                None
+            }
+            Err(e) => {
+                self.problem("PGHOST", String::new(), e.to_string());
+                None
+            }
+        }
+    }
+}
+
+fn parse_port(v: &str) -> Result<u16, String> {
+    v.parse()
+        .map_err(|_| "a port number from 0 to 65535".to_owned())
+}
+
+fn parse_host(v: &str) -> Result<IpAddr, String> {
+    v.parse()
+        .map_err(|_| "an IP address such as 0.0.0.0 or 127.0.0.1".to_owned())
+}
+
+fn parse_env(v: &str) -> Result<Environment, String> {
+    match v {
+        "development" => Ok(Environment::Development),
+        "production" => Ok(Environment::Production),
+        _ => Err("`development` or `production`".to_owned()),
+    }
+}
+
+const STORE_FORMS: &str = "`sqlite://PATH`, \
+    `postgres://USER[:PASSWORD]@HOST[:PORT][/DATABASE][?sslmode=…&application_name=…]` or `lakebase`";
+
+fn parse_store(v: &str) -> Result<TasksStore, String> {
+    if let Some(path) = v.strip_prefix("sqlite://").filter(|p| !p.is_empty()) {
+        return Ok(TasksStore::Sqlite(PathBuf::from(path)));
+    }
+    if v == "lakebase" {
+        return Ok(TasksStore::Lakebase);
+    }
+    if v.starts_with("postgres://") || v.starts_with("postgresql://") {
+        return match LakebaseConfig::from_url(v) {
+            Ok(config) => Ok(TasksStore::Postgres(Box::new(config))),
+            Err(appkit_lakebase::Error::Config(e)) => {
+                let problems: Vec<String> = e.problems().iter().map(ToString::to_string).collect();
+                Err(format!("{STORE_FORMS} ({})", problems.join("; ")))
+            }
+            Err(e) => Err(format!("{STORE_FORMS} ({e})")),
+        };
+    }
+    Err(STORE_FORMS.to_owned())
+}
+
+/// `scheme://user:secret@host…` → `scheme://user:<redacted>@host…`.
+fn redact_url_password(v: &str) -> String {
+    let (Some(start), Some(at)) = (v.find("://").map(|i| i + 3), v.rfind('@')) else {
+        return v.to_owned();
+    };
+    match v.get(start..at).and_then(|userinfo| userinfo.find(':')) {
+        Some(colon) if at > start => format!("{}<redacted>{}", &v[..=start + colon], &v[at..]),
+        _ => v.to_owned(),
+    }
+}
+
+/// A lowercase Postgres identifier, so it needs no quoting.
+fn parse_schema(v: &str) -> Result<Option<String>, String> {
+    let mut bytes = v.bytes();
+    let first_ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
+    let rest_ok = bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if first_ok && rest_ok && v.len() <= 63 {
+        Ok(Some(v.to_owned()))
+    } else {
+        Err("a schema name: 1 to 63 of a-z, 0-9 and `_`, not starting with a digit".to_owned())
+    }
+}
+
+fn ms(v: &str) -> Result<Duration, String> {
+    v.parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|_| "a whole number of milliseconds".to_owned())
+}
+
+fn positive_ms(v: &str) -> Result<Duration, String> {
+    match v.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(Duration::from_millis(n)),
+        _ => Err("a whole number of milliseconds, at least 1".to_owned()),
+    }
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err("`true` or `false`".to_owned()),
+    }
+}
+
+fn parse_dir(v: &str) -> Result<Option<PathBuf>, String> {
+    let path = PathBuf::from(v);
+    if path.is_dir() {
+        Ok(Some(path))
+    } else {
+        Err("an existing directory".to_owned())
+    }
+}
+
+fn parse_bytes(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("a whole number of bytes, at least 1".to_owned()),
+    }
+}
+
+fn parse_rate(v: &str) -> Result<Option<RateLimit>, String> {
+    const EXPECTED: &str = "`N/WINDOW` with N ≥ 1 and WINDOW like `1000ms` or `1s`";
+    let (max, window) = v.split_once('/').ok_or_else(|| EXPECTED.to_owned())?;
+    let max: u32 = max.trim().parse().map_err(|_| EXPECTED.to_owned())?;
+    let window = window.trim();
+    let window = if let Some(n) = window.strip_suffix("ms") {
+        n.parse::<u64>().map(Duration::from_millis)
+    } else if let Some(n) = window.strip_suffix('s') {
+        n.parse::<u64>().map(Duration::from_secs)
+    } else {
+        return Err(EXPECTED.to_owned());
+    }
+    .map_err(|_| EXPECTED.to_owned())?;
+    if max == 0 || window.is_zero() {
+        return Err(EXPECTED.to_owned());
+    }
+    Ok(Some(RateLimit::new(max, window)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::{BTreeSet, HashMap};
+
+    use super::*;
+
+    fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: HashMap<_, _> = vars.iter().copied().collect();
+        Config::from_lookup(|k| env.get(k).map(|v| (*v).to_owned()))
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.port, 8000);
+        assert_eq!(c.host, DEFAULT_HOST);
+        assert_eq!(c.env, Environment::Development);
+        assert!(
+            matches!(&c.tasks_store, TasksStore::Sqlite(p) if p.as_os_str() == ".appkit/tasks.db")
+        );
+        assert!(c.lakebase.is_none() && c.tasks_schema.is_none());
+        assert_eq!(c.sse_keepalive, Duration::from_secs(25));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(15));
+        assert!(c.trust_forwarded_headers);
+        assert!(c.rate_limit_per_user.is_none());
+    }
+
+    #[test]
+    fn databricks_port_wins_over_port() {
+        let c = parse(&[("DATABRICKS_APP_PORT", "0"), ("PORT", "9000")]).unwrap();
+        assert_eq!(c.port, 0);
+        let c = parse(&[("PORT", "9000")]).unwrap();
+        assert_eq!(c.port, 9000);
+    }
+
+    #[test]
+    fn every_bad_variable_is_reported_with_its_value() {
+        let err = parse(&[
+            ("DATABRICKS_APP_PORT", "eighty"),
+            ("APPKIT_ENV", "prod"),
+            ("APPKIT_SSE_KEEPALIVE_MS", "0"),
+            ("APPKIT_RATE_LIMIT_PER_USER", "3 per second"),
+        ])
+        .unwrap_err();
+        let names: Vec<_> = err.problems.iter().map(|p| p.variable).collect();
+        assert_eq!(
+            names,
+            [
+                "DATABRICKS_APP_PORT",
+                "APPKIT_ENV",
+                "APPKIT_SSE_KEEPALIVE_MS",
+                "APPKIT_RATE_LIMIT_PER_USER"
+            ]
+        );
+        let text = err.to_string();
+        assert!(text.contains("DATABRICKS_APP_PORT=\"eighty\""), "{text}");
+        assert!(text.contains("`development` or `production`"), "{text}");
+    }
+
+    #[test]
+    fn stores_parse_from_sqlite_and_postgres_urls() {
+        let c = parse(&[("APPKIT_TASKS_STORE", "sqlite:///tmp/x/tasks.db")]).unwrap();
+        assert!(
+            matches!(&c.tasks_store, TasksStore::Sqlite(p) if p.as_os_str() == "/tmp/x/tasks.db")
+        );
+        let c = parse(&[
+            (
+                "APPKIT_TASKS_STORE",
+                "postgres://app:pw@db:6543/main?application_name=a1",
+            ),
+            ("APPKIT_TASKS_SCHEMA", "tenant_1"),
+        ])
+        .unwrap();
+        let TasksStore::Postgres(pg) = &c.tasks_store else {
+            panic!("not postgres: {:?}", c.tasks_store);
+        };
+        assert_eq!((pg.host(), pg.port(), pg.user()), ("db", 6543, "app"));
+        assert_eq!(pg.application_name(), Some("a1"));
+        assert_eq!(c.tasks_schema.as_deref(), Some("tenant_1"));
+        assert!(c.lakebase.is_none(), "no PGHOST: no Lakebase pool");
+    }
+
+    #[test]
+    fn bad_postgres_urls_are_named_with_the_password_redacted() {
+        let err = parse(&[("APPKIT_TASKS_STORE", "postgres://app:hunter2@db:x/main")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("APPKIT_TASKS_STORE"), "{err}");
+        assert!(
+            !err.contains("hunter2") && err.contains("<redacted>"),
+            "{err}"
+        );
+        let err = parse(&[("APPKIT_TASKS_SCHEMA", "Bad-Name")]).unwrap_err();
+        assert_eq!(err.problems[0].variable, "APPKIT_TASKS_SCHEMA");
+        let err = parse(&[("APPKIT_TASKS_SCHEMA", "fine")]).unwrap_err();
+        assert!(
+            err.to_string().contains("sqlite"),
+            "a schema needs Postgres: {err}"
+        );
+    }
+
+    #[test]
+    fn lakebase_store_needs_the_pg_variables() {
+        let err = parse(&[("APPKIT_TASKS_STORE", "lakebase")]).unwrap_err();
+        let names: Vec<_> = err.problems.iter().map(|p| p.variable).collect();
+        assert!(
+            names.contains(&"PGHOST") && names.contains(&"PGUSER"),
+            "{err}"
+        );
+        let c = parse(&[
+            ("APPKIT_TASKS_STORE", "lakebase"),
+            ("PGHOST", "127.0.0.1"),
+            ("PGUSER", "postgres"),
+            ("PGPASSWORD", "x"),
+            ("PGAPPNAME", "app-1"),
+        ])
+        .unwrap();
+        assert!(matches!(c.tasks_store, TasksStore::Lakebase));
+        let lakebase = c.lakebase.expect("lakebase pool configured");
+        assert_eq!(lakebase.application_name(), Some("app-1"));
+        // PGHOST alone configures the pool for plugins; the tasks stay in SQLite.
+        let c = parse(&[("PGHOST", "h"), ("PGUSER", "u"), ("PGPASSWORD", "x")]).unwrap();
+        assert!(matches!(c.tasks_store, TasksStore::Sqlite(_)) && c.lakebase.is_some());
+    }
+
+    #[test]
+    fn rate_limits_parse_in_ms_and_s() {
+        let c = parse(&[("APPKIT_RATE_LIMIT_PER_USER", "3/1000ms")]).unwrap();
+        assert_eq!(
+            c.rate_limit_per_user,
+            Some(RateLimit::new(3, Duration::from_secs(1)))
+        );
+        let c = parse(&[("APPKIT_RATE_LIMIT_PER_USER", "20/2s")]).unwrap();
+        assert_eq!(
+            c.rate_limit_per_user,
+            Some(RateLimit::new(20, Duration::from_secs(2)))
+        );
+        assert!(parse(&[("APPKIT_RATE_LIMIT_PER_USER", "0/1s")]).is_err());
+    }
+
+    /// The table in docs/configuration.md lists exactly the variables this module reads.
+    #[test]
+    fn documented_table_matches_the_variables_read() {
+        let read = RefCell::new(BTreeSet::new());
+        let _ = Config::from_lookup(|name| {
+            read.borrow_mut().insert(name.to_owned());
+            None
+        });
+        // DATABRICKS_APP_PORT set: PORT is not consulted, so read it the other way too;
+        // and the Lakebase variables are read only for the `lakebase` store (or PGHOST).
+        let _ = Config::from_lookup(|name| {
+            read.borrow_mut().insert(name.to_owned());
+            match name {
+                "DATABRICKS_APP_PORT" => Some("1".to_owned()),
+                "APPKIT_TASKS_STORE" => Some("lakebase".to_owned()),
+                _ => None,
+            }
+        });
+        let doc = include_str!("../../../docs/configuration.md");
+        let table = doc
+            .split("<!-- env-table:start -->")
+            .nth(1)
+            .and_then(|rest| rest.split("<!-- env-table:end -->").next())
+            .expect("docs/configuration.md has the env-table markers");
+        let documented: BTreeSet<String> = table
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `"))
+            .filter_map(|rest| rest.split('`').next())
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(documented, read.into_inner());
+    }
+}

@@ -1,0 +1,247 @@
+//! The context plugin routes run with, and `execute_task`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use appkit_lakebase::LakebasePool;
+use axum::response::Response;
+use serde::Serialize;
+use taskflow::{IdempotencyMode, SubmitOptions, Submitted, TaskFlow};
+use tracing::debug;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::extract::UserContext;
+use crate::shutdown::ShutdownHandle;
+use crate::stream::{BridgeParams, BridgeRegistry, DisconnectPolicy, LastEventId, sse_response};
+
+/// How [`PluginContext::execute_task`] submits and streams.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use appkit::{ExecuteSettings, LastEventId};
+/// let settings = ExecuteSettings::new()
+///     .cancel_on_disconnect(false)
+///     .disconnect_grace(Duration::from_secs(10))
+///     .last_event_id(LastEventId(Some(4)));
+/// # let _ = settings;
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ExecuteSettings {
+    cancel_on_disconnect: Option<bool>,
+    disconnect_grace: Option<Duration>,
+    idempotency_key: Option<String>,
+    mode: IdempotencyMode,
+    last_event_id: LastEventId,
+}
+
+impl ExecuteSettings {
+    /// Defaults: stop the task when its client is gone for the configured grace, derived
+    /// idempotency key, [`IdempotencyMode::AtLeastOnce`], no resume cursor.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether a disconnected client's task is stopped after the grace (default `true`).
+    pub fn cancel_on_disconnect(mut self, on: bool) -> Self {
+        self.cancel_on_disconnect = Some(on);
+        self
+    }
+
+    /// How long a client may take to re-attach (default `APPKIT_SSE_DISCONNECT_GRACE_MS`).
+    pub fn disconnect_grace(mut self, grace: Duration) -> Self {
+        self.disconnect_grace = Some(grace);
+        self
+    }
+
+    /// Uses `key` instead of the key derived from name, input and user.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// How duplicate submissions are treated.
+    pub fn mode(mut self, mode: IdempotencyMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The request's `Last-Event-ID`: when the submission attaches to an existing task,
+    /// the stream resumes after it. A new task always streams from its start.
+    pub fn last_event_id(mut self, last: LastEventId) -> Self {
+        self.last_event_id = last;
+        self
+    }
+}
+
+/// What every plugin route can reach: the task engine, the Lakebase pool (if configured),
+/// the configuration, and the SSE bridge. Cheap to clone.
+#[derive(Clone)]
+pub struct PluginContext {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    taskflow: TaskFlow,
+    lakebase: Option<LakebasePool>,
+    config: Arc<Config>,
+    bridges: BridgeRegistry,
+    shutdown: ShutdownHandle,
+}
+
+impl fmt::Debug for PluginContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PluginContext")
+            .field("taskflow", &self.inner.taskflow)
+            .field("lakebase", &self.inner.lakebase)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginContext {
+    pub(crate) fn new(
+        taskflow: TaskFlow,
+        lakebase: Option<LakebasePool>,
+        config: Arc<Config>,
+        bridges: BridgeRegistry,
+        shutdown: ShutdownHandle,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Shared {
+                taskflow,
+                lakebase,
+                config,
+                bridges,
+                shutdown,
+            }),
+        }
+    }
+
+    /// The task engine: register, submit, subscribe, status, stop, resume, cancel.
+    pub fn taskflow(&self) -> &TaskFlow {
+        &self.inner.taskflow
+    }
+
+    /// The Lakebase pool, when one is configured (`PGHOST`, or `APPKIT_TASKS_STORE=lakebase`).
+    /// The host opened it before the task engine and closes it once at shutdown, after the
+    /// task store; plugins use it and never close it. Map its errors with `?` into
+    /// [`Error`] (503 while the database is out of reach).
+    pub fn lakebase(&self) -> Option<&LakebasePool> {
+        self.inner.lakebase.as_ref()
+    }
+
+    /// The host configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The shutdown coordinator's handle.
+    pub fn shutdown_handle(&self) -> &ShutdownHandle {
+        &self.inner.shutdown
+    }
+
+    /// `true` from the first moment of shutdown.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutdown.is_started()
+    }
+
+    /// Submits task `name` for `user` (or attaches to the task it duplicates) and answers
+    /// with its events as SSE (DESIGN.md §4): header `X-AppKit-Task-Idempotency-Key`, a
+    /// `ready` frame, then each event with `id: <seq>` until the task ends.
+    ///
+    /// # Errors
+    ///
+    /// Before the stream starts, as normal HTTP errors: [`Error::ShuttingDown`] (503),
+    /// [`Error::RateLimited`] (429), [`Error::InvalidInput`] (400, e.g. a `Last-Event-ID`
+    /// past the task's last event), [`Error::UnknownTask`] (404), engine failures (500).
+    /// After it started, errors are an in-band `event: error` frame.
+    pub async fn execute_task(
+        &self,
+        user: &UserContext,
+        name: &str,
+        input: impl Serialize,
+        settings: ExecuteSettings,
+    ) -> Result<Response> {
+        if self.is_shutting_down() {
+            return Err(Error::ShuttingDown);
+        }
+        let mut options = SubmitOptions::new()
+            .user(user.id())
+            .user_context(user.clone())
+            .mode(settings.mode);
+        if let Some(key) = settings.idempotency_key.clone() {
+            options = options.idempotency_key(key);
+        }
+        let submitted = self.inner.taskflow.submit(name, input, options).await?;
+        let after = match &submitted {
+            Submitted::Created(_) => 0,
+            Submitted::Existing(..) => settings.last_event_id.after_seq(),
+        };
+        let key = submitted.handle().idempotency_key.clone();
+        debug!(task.key = %key, created = matches!(submitted, Submitted::Created(_)), "task submitted");
+        let default = self.default_policy();
+        self.inner.bridges.set_policy(
+            &key,
+            DisconnectPolicy {
+                cancel_on_disconnect: settings
+                    .cancel_on_disconnect
+                    .unwrap_or(default.cancel_on_disconnect),
+                grace: settings.disconnect_grace.unwrap_or(default.grace),
+            },
+        );
+        self.open_bridge(key, user, after).await
+    }
+
+    /// Attaches to the existing task `key` of `user` and answers with its events as SSE,
+    /// resuming after `last_event_id`, as [`execute_task`](Self::execute_task) does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] if no task with that key is visible to `user`;
+    /// [`Error::InvalidInput`] for a cursor past the last event;
+    /// [`Error::ShuttingDown`].
+    pub async fn attach_task(
+        &self,
+        user: &UserContext,
+        key: &str,
+        last_event_id: LastEventId,
+    ) -> Result<Response> {
+        if self.is_shutting_down() {
+            return Err(Error::ShuttingDown);
+        }
+        self.open_bridge(key.to_owned(), user, last_event_id.after_seq())
+            .await
+    }
+
+    async fn open_bridge(&self, key: String, user: &UserContext, after: u64) -> Result<Response> {
+        let taskflow = &self.inner.taskflow;
+        let task = taskflow.status(&key, Some(user.id())).await?;
+        // Nothing follows a terminal event: the stream is just `ready`.
+        let events = if task.status.is_terminal() && after == task.last_seq {
+            None
+        } else {
+            Some(taskflow.subscribe(&key, Some(user.id()), after).await?)
+        };
+        let guard = self
+            .inner
+            .bridges
+            .attach(taskflow.clone(), &key, Some(user.id().to_owned()));
+        sse_response(BridgeParams {
+            key,
+            events,
+            guard,
+            redact: self.inner.config.is_production(),
+            keepalive: self.inner.config.sse_keepalive,
+        })
+    }
+
+    fn default_policy(&self) -> DisconnectPolicy {
+        DisconnectPolicy {
+            cancel_on_disconnect: true,
+            grace: self.inner.config.sse_disconnect_grace,
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Plugins: the [`Plugin`] trait, what setup gets, and the context routes get.
+
+mod context;
+
+use std::fmt;
+
+use appkit_lakebase::LakebasePool;
+use async_trait::async_trait;
+use axum::Router;
+use taskflow::TaskFlow;
+
+use crate::config::Config;
+use crate::error::BoxError;
+
+pub use context::{ExecuteSettings, PluginContext};
+
+/// A unit of an app: it registers tasks at setup, serves routes under `/api/{name}`, and
+/// takes part in shutdown.
+///
+/// Plugins never install signal handlers; the host's shutdown coordinator calls
+/// [`abort_active_operations`](Self::abort_active_operations) and
+/// [`shutdown`](Self::shutdown), each at most once.
+///
+/// # Examples
+///
+/// ```
+/// use appkit::{ExecuteSettings, Plugin, PluginContext, SetupContext, UserContext};
+/// use appkit::extract::Json;
+/// use axum::{Router, extract::State, response::Response, routing::post};
+/// use taskflow::{TaskContext, TaskError};
+///
+/// struct Hello;
+///
+/// #[async_trait::async_trait]
+/// impl Plugin for Hello {
+///     fn name(&self) -> &str {
+///         "hello"
+///     }
+///
+///     async fn setup(&mut self, cx: &mut SetupContext) -> Result<(), appkit::BoxError> {
+///         cx.taskflow().register("greet", |ctx: TaskContext, who: String| async move {
+///             ctx.emit("greeting", format!("hello {who}")).await?;
+///             Ok::<_, TaskError>(())
+///         })?;
+///         Ok(())
+///     }
+///
+///     fn routes(&self, cx: &PluginContext) -> Router {
+///         async fn greet(
+///             State(cx): State<PluginContext>,
+///             user: UserContext,
+///             Json(who): Json<String>,
+///         ) -> appkit::Result<Response> {
+///             cx.execute_task(&user, "greet", who, ExecuteSettings::new()).await
+///         }
+///         Router::new()
+///             .route("/greet", post(greet))
+///             .nest("/tasks", appkit::task_routes())
+///             .with_state(cx.clone())
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait Plugin: Send + Sync + 'static {
+    /// The plugin's name: its routes live under `/api/{name}`. 1 to 64 of `a-z`, `0-9`,
+    /// `-` and `_`; unique within the app.
+    fn name(&self) -> &str;
+
+    /// Registers tasks and prepares state, once, before the server binds. An error aborts
+    /// start-up.
+    ///
+    /// # Errors
+    ///
+    /// Whatever the plugin cannot recover from; it is reported with the plugin's name.
+    async fn setup(&mut self, cx: &mut SetupContext) -> Result<(), BoxError> {
+        let _ = cx;
+        Ok(())
+    }
+
+    /// The plugin's routes, nested at `/api/{name}`. Unmatched paths under it answer 404.
+    fn routes(&self, cx: &PluginContext) -> Router {
+        let _ = cx;
+        Router::new()
+    }
+
+    /// Shutdown step 3: abort in-flight work that would hold the server up (the task
+    /// engine's own drain runs after every plugin's hook).
+    async fn abort_active_operations(&self) {}
+
+    /// Shutdown step 5: release the plugin's resources. Runs before the core services
+    /// close, in reverse plugin order.
+    async fn shutdown(&self) {}
+}
+
+/// What a plugin's [`setup`](Plugin::setup) gets.
+pub struct SetupContext {
+    plugin: String,
+    taskflow: TaskFlow,
+    lakebase: Option<LakebasePool>,
+    config: std::sync::Arc<Config>,
+}
+
+impl fmt::Debug for SetupContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SetupContext")
+            .field("plugin", &self.plugin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SetupContext {
+    pub(crate) fn new(
+        plugin: &str,
+        taskflow: TaskFlow,
+        lakebase: Option<LakebasePool>,
+        config: std::sync::Arc<Config>,
+    ) -> Self {
+        Self {
+            plugin: plugin.to_owned(),
+            taskflow,
+            lakebase,
+            config,
+        }
+    }
+
+    /// The task engine, to register task handlers. A task name registered twice (by any
+    /// plugin) is a start-up error.
+    pub fn taskflow(&self) -> &TaskFlow {
+        &self.taskflow
+    }
+
+    /// The Lakebase pool, when one is configured, e.g. to create the plugin's tables.
+    pub fn lakebase(&self) -> Option<&LakebasePool> {
+        self.lakebase.as_ref()
+    }
+
+    /// The host configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The name of the plugin being set up.
+    pub fn plugin_name(&self) -> &str {
+        &self.plugin
+    }
+}
+
+/// Checks a plugin name: 1 to 64 of `a-z`, `0-9`, `-`, `_`.
+pub(crate) fn valid_plugin_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}

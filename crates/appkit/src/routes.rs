@@ -1,0 +1,92 @@
+//! `task_routes()`: status, events, stop, resume and cancel of one task by key.
+
+use axum::Router;
+use axum::extract::{FromRef, Path, State};
+use axum::response::Response;
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use taskflow::TaskInfo;
+
+use crate::error::Result;
+use crate::extract::UserContext;
+use crate::plugin::PluginContext;
+use crate::stream::LastEventId;
+
+/// A router of task routes, to nest where a plugin likes (the dev-playground uses
+/// `/api/demo/tasks`):
+///
+/// - `GET /{key}`: the task's status as JSON;
+/// - `GET /{key}/events`: the task's SSE stream, resuming after `Last-Event-ID`;
+/// - `POST /{key}/stop`, `POST /{key}/resume`, `POST /{key}/cancel`: `{"status": …}`.
+///
+/// Every route needs a user and checks ownership: another user's task answers 404 exactly
+/// like a missing one. A terminal task answers 409 to stop, resume and cancel.
+///
+/// # Examples
+///
+/// ```
+/// use appkit::PluginContext;
+/// use axum::Router;
+/// fn routes(cx: &PluginContext) -> Router {
+///     Router::new().nest("/tasks", appkit::task_routes()).with_state(cx.clone())
+/// }
+/// # let _ = routes;
+/// ```
+pub fn task_routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    PluginContext: FromRef<S>,
+{
+    Router::new()
+        .route("/{key}", get(status))
+        .route("/{key}/events", get(events))
+        .route("/{key}/stop", post(stop))
+        .route("/{key}/resume", post(resume))
+        .route("/{key}/cancel", post(cancel))
+}
+
+async fn status(
+    State(cx): State<PluginContext>,
+    user: UserContext,
+    Path(key): Path<String>,
+) -> Result<axum::Json<TaskInfo>> {
+    Ok(axum::Json(
+        cx.taskflow().status(&key, Some(user.id())).await?,
+    ))
+}
+
+async fn events(
+    State(cx): State<PluginContext>,
+    user: UserContext,
+    last: LastEventId,
+    Path(key): Path<String>,
+) -> Result<Response> {
+    cx.attach_task(&user, &key, last).await
+}
+
+async fn stop(
+    State(cx): State<PluginContext>,
+    user: UserContext,
+    Path(key): Path<String>,
+) -> Result<axum::Json<Value>> {
+    let status = cx.taskflow().stop(&key, Some(user.id())).await?;
+    Ok(axum::Json(json!({ "status": status })))
+}
+
+async fn resume(
+    State(cx): State<PluginContext>,
+    user: UserContext,
+    Path(key): Path<String>,
+) -> Result<axum::Json<Value>> {
+    let status = cx.taskflow().resume(&key, Some(user.id())).await?;
+    Ok(axum::Json(json!({ "status": status })))
+}
+
+async fn cancel(
+    State(cx): State<PluginContext>,
+    user: UserContext,
+    Path(key): Path<String>,
+) -> Result<axum::Json<Value>> {
+    let status = cx.taskflow().cancel(&key, Some(user.id())).await?;
+    Ok(axum::Json(json!({ "status": status })))
+}

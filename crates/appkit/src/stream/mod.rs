@@ -1,0 +1,18 @@
+//! The SSE bridge: task events to server-sent events, with keep-alive, resume, the
+//! disconnect grace and the shutdown drain.
+
+mod bridge;
+mod keepalive;
+mod registry;
+mod resume;
+
+pub(crate) use bridge::{BridgeParams, sse_response};
+pub(crate) use registry::BridgeRegistry;
+pub use registry::DisconnectPolicy;
+pub use resume::LastEventId;
+
+/// Header carrying the task's idempotency key on every bridge response.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "x-appkit-task-idempotency-key";
+
+/// Message of the final frame every open bridge gets at shutdown.
+pub const SHUTTING_DOWN_MESSAGE: &str = "server_shutting_down";

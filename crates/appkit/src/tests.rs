@@ -1,0 +1,317 @@
+//! Router tests without a socket: errors, limits, users, static files, start-up checks.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{Request, StatusCode, header};
+use axum::response::Response;
+use axum::routing::{get, post};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use taskflow::{TaskContext, TaskError};
+use tower::ServiceExt;
+
+use crate::extract::Json;
+use crate::{
+    App, BoxError, Config, Environment, Error, ExecuteSettings, LastEventId, Plugin, PluginContext,
+    SetupContext, UserContext,
+};
+
+struct Probe {
+    name: &'static str,
+    task: &'static str,
+}
+
+#[async_trait::async_trait]
+impl Plugin for Probe {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    async fn setup(&mut self, cx: &mut SetupContext) -> Result<(), BoxError> {
+        cx.taskflow()
+            .register(self.task, |ctx: TaskContext, ms: u64| async move {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(ms)) => {}
+                    () = ctx.cancelled() => {}
+                }
+                Ok::<_, TaskError>(ms)
+            })?;
+        Ok(())
+    }
+
+    fn routes(&self, cx: &PluginContext) -> Router {
+        async fn echo(Json(v): Json<Value>) -> axum::Json<Value> {
+            axum::Json(v)
+        }
+        async fn whoami(user: UserContext) -> String {
+            user.id().to_owned()
+        }
+        async fn boom() -> Result<(), Error> {
+            Err(Error::Internal("database password is hunter2".into()))
+        }
+        async fn sleep(
+            State(cx): State<PluginContext>,
+            user: UserContext,
+            last: LastEventId,
+            Json(ms): Json<u64>,
+        ) -> crate::Result<Response> {
+            let settings = ExecuteSettings::new().last_event_id(last);
+            cx.execute_task(&user, "sleep", ms, settings).await
+        }
+        Router::new()
+            .route("/echo", post(echo))
+            .route("/whoami", get(whoami))
+            .route("/boom", get(boom))
+            .route("/sleep", post(sleep))
+            .with_state(cx.clone())
+    }
+}
+
+fn probe() -> Probe {
+    Probe {
+        name: "probe",
+        task: "sleep",
+    }
+}
+
+struct Host {
+    router: Router,
+    _dir: tempfile::TempDir,
+    started: crate::app::Started,
+}
+
+fn config(dir: &tempfile::TempDir) -> Config {
+    let mut config = Config::default();
+    config.tasks_store = crate::config::TasksStore::Sqlite(dir.path().join("tasks.db"));
+    config.static_dir = Some(dir.path().join("static"));
+    config.taskflow.drain_timeout = Duration::from_millis(50);
+    config.taskflow.stop_grace = Duration::from_millis(50);
+    config
+}
+
+async fn host_with(config: impl FnOnce(&mut Config), dir: tempfile::TempDir) -> Host {
+    std::fs::create_dir_all(dir.path().join("static/assets")).unwrap();
+    std::fs::write(dir.path().join("static/index.html"), "<h1>index</h1>").unwrap();
+    std::fs::write(dir.path().join("static/assets/app.js"), "js()").unwrap();
+    let mut c = self::config(&dir);
+    config(&mut c);
+    let app = App::builder().plugin(probe()).build(c).unwrap();
+    let started = app.start().await.unwrap();
+    Host {
+        router: started.router.clone(),
+        _dir: dir,
+        started,
+    }
+}
+
+async fn host(config: impl FnOnce(&mut Config)) -> Host {
+    host_with(config, tempfile::tempdir().unwrap()).await
+}
+
+impl Host {
+    async fn call(&self, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, String) {
+        let response = self.router.clone().oneshot(req).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, String) {
+        let (s, _, b) = self
+            .call(Request::get(path).body(Body::empty()).unwrap())
+            .await;
+        (s, b)
+    }
+
+    async fn stop(self) {
+        self.started.taskflow.shutdown().await;
+    }
+}
+
+fn json_post(path: &str, body: &str) -> Request<Body> {
+    Request::post(path)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_owned()))
+        .unwrap()
+}
+
+fn error_json(body: &str) -> (String, String) {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    (
+        v["error"].as_str().unwrap().to_owned(),
+        v["code"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn health_and_ready_answer_and_ready_turns_503_at_shutdown() {
+    let host = host(|_| {}).await;
+    assert_eq!(
+        host.get("/health").await,
+        (StatusCode::OK, json!({"status": "ok"}).to_string())
+    );
+    assert_eq!(host.get("/ready").await.0, StatusCode::OK);
+    host.started.shutdown.trigger("test");
+    assert_eq!(
+        host.get("/ready").await,
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "shutting_down"}).to_string()
+        )
+    );
+    let (status, _, body) = host.call(json_post("/api/probe/sleep", "1")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_json(&body).1, "SHUTTING_DOWN");
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_api_paths_answer_json_404_and_never_the_spa() {
+    let host = host(|_| {}).await;
+    for path in ["/api", "/api/nope", "/api/probe/nope", "/api/probe/echo/x"] {
+        let (status, body) = host.get(path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(error_json(&body).1, "NOT_FOUND", "{path}");
+    }
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn static_files_are_served_with_an_spa_fallback() {
+    let host = host(|_| {}).await;
+    assert_eq!(
+        host.get("/").await,
+        (StatusCode::OK, "<h1>index</h1>".into())
+    );
+    assert_eq!(
+        host.get("/assets/app.js").await,
+        (StatusCode::OK, "js()".into())
+    );
+    assert_eq!(
+        host.get("/some/client/route").await,
+        (StatusCode::OK, "<h1>index</h1>".into())
+    );
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn bad_bodies_answer_in_the_error_shape() {
+    let host = host(|c| c.max_body_bytes = 64).await;
+    let (status, _, body) = host.call(json_post("/api/probe/echo", "{not json")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_json(&body).1, "INVALID_INPUT");
+
+    let big = format!("\"{}\"", "x".repeat(200));
+    let (status, _, body) = host.call(json_post("/api/probe/echo", &big)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(error_json(&body).1, "PAYLOAD_TOO_LARGE");
+
+    let req = Request::post("/api/probe/echo")
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from("1"))
+        .unwrap();
+    let (status, _, body) = host.call(req).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(error_json(&body).1, "UNSUPPORTED_MEDIA_TYPE");
+
+    let (status, _, body) = host.call(json_post("/api/probe/echo", "[1]")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "[1]"));
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn production_needs_a_user_and_redacts_server_errors() {
+    let host = host(|c| c.env = Environment::Production).await;
+    let (status, body) = host.get("/api/probe/whoami").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(error_json(&body).1, "UNAUTHORIZED");
+
+    let req = Request::get("/api/probe/whoami")
+        .header("X-Forwarded-User", "alice")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(host.call(req).await.2, "alice");
+
+    let (status, body) = host.get("/api/probe/boom").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        error_json(&body),
+        ("Server error".into(), "INTERNAL".into())
+    );
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn development_shows_server_errors_and_uses_the_local_user() {
+    let host = host(|_| {}).await;
+    assert_eq!(
+        host.get("/api/probe/whoami").await.1,
+        crate::extract::DEV_USER_ID
+    );
+    let (_, body) = host.get("/api/probe/boom").await;
+    assert!(error_json(&body).0.contains("hunter2"));
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn a_cursor_past_the_last_event_is_a_bad_request() {
+    let host = host(|_| {}).await;
+    let submit = || {
+        Request::post("/api/probe/sleep")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("last-event-id", "999")
+            .body(Body::from("60000"))
+            .unwrap()
+    };
+    // A new task streams from its start whatever the cursor.
+    let first = host.router.clone().oneshot(submit()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    // The same submission attaches to it, and the cursor is past its last event.
+    let (status, _, body) = host.call(submit()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(error_json(&body).1, "INVALID_INPUT");
+    drop(first);
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn duplicate_plugin_names_are_refused() {
+    let err = App::builder()
+        .plugin(probe())
+        .plugin(probe())
+        .build(Config::default())
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::DuplicatePlugin(ref n) if n == "probe"),
+        "{err}"
+    );
+    let err = App::builder()
+        .plugin(Probe {
+            name: "Bad Name",
+            task: "x",
+        })
+        .build(Config::default())
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidPluginName(_)), "{err}");
+}
+
+#[tokio::test]
+async fn duplicate_task_names_fail_setup_naming_the_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::builder()
+        .plugin(probe())
+        .plugin(Probe {
+            name: "other",
+            task: "sleep",
+        })
+        .build(config(&dir))
+        .unwrap();
+    let err = app.start().await.err().expect("setup must fail");
+    let text = crate::error::error_chain(&err);
+    assert!(text.contains("plugin `other`"), "{text}");
+    assert!(text.contains("`sleep` is already registered"), "{text}");
+}

@@ -87,6 +87,7 @@ async fn run(
                     None,
                 )
                 .await;
+                release_slot(&shared, &task);
                 cleanup(&shared, &task, &ctl, started);
                 return;
             }
@@ -115,8 +116,16 @@ async fn run(
         shared.config.stop_grace,
     )
     .await;
+    // The handler is done: its slot goes to the next task now, so the next claim can
+    // share a commit with this attempt's outcome instead of waiting behind it.
+    release_slot(&shared, &task);
     finish(&shared, &task, &fence, &registered, ran, ctl.reason()).await;
     cleanup(&shared, &task, &ctl, started);
+}
+
+fn release_slot(shared: &Arc<Shared>, task: &TaskInfo) {
+    lock(&shared.slots).release(task.user_id.as_deref(), &task.name);
+    shared.kick();
 }
 
 /// Runs the handler with panic capture, the attempt timeout and the stop grace.
@@ -264,13 +273,10 @@ fn cleanup(shared: &Arc<Shared>, task: &TaskInfo, ctl: &RunnerCtl, started: Inst
             running.remove(&task.id);
         }
     }
-    lock(&shared.slots).release(task.user_id.as_deref(), &task.name);
     shared.metrics.running.add(-1, &[]);
     shared.metrics.duration.record(
         started.elapsed().as_secs_f64(),
         &[KeyValue::new("task.name", task.name.clone())],
     );
     ctl.done.cancel();
-    // A freed slot may admit work that was skipped for lack of one.
-    shared.kick();
 }

@@ -757,6 +757,8 @@ pub async fn events_after_pages(store: Arc<dyn Store>) {
     assert!(s.events_after("nope", 0, 10).await.unwrap().is_empty());
 }
 
+/// Ops in one batch are concurrent: a backend may apply them in any order, but the
+/// outcomes it reports must match what it committed.
 pub async fn batch_applies_all_ops_in_order(store: Arc<dyn Store>) {
     let s = &*store;
     let mut p = params("t1", "k1", None);
@@ -764,6 +766,7 @@ pub async fn batch_applies_all_ops_in_order(store: Arc<dyn Store>) {
         node: "n1".into(),
         lease_until: 99_000,
     });
+    one(s, WriteOp::Submit(p)).await;
     let f = Fence {
         task_id: "t1".into(),
         node: "n1".into(),
@@ -771,7 +774,7 @@ pub async fn batch_applies_all_ops_in_order(store: Arc<dyn Store>) {
     };
     let out = s
         .write_batch(&[
-            WriteOp::Submit(p),
+            WriteOp::Submit(params("t2", "k2", None)),
             WriteOp::Emit {
                 fence: f.clone(),
                 events: vec![custom("a", json!(1))],
@@ -781,12 +784,25 @@ pub async fn batch_applies_all_ops_in_order(store: Arc<dyn Store>) {
                 outcome: Finish::Complete { result: json!(2) },
                 now: 3_000,
             },
+            WriteOp::Submit(params("t3", "k2", None)),
         ])
         .await
         .unwrap();
-    assert_eq!(out.len(), 3);
+    assert_eq!(out.len(), 4, "one outcome per op, in op order");
+    assert!(matches!(
+        out[0].result,
+        OpResult::Submitted { created: true, .. }
+    ));
+    assert!(
+        matches!(&out[3].result, OpResult::Submitted { created: false, task, .. } if task.id == "t2")
+    );
+    assert!(matches!(out[2].result, OpResult::Applied));
     let names: Vec<_> = seqs(s, "t1").await.into_iter().map(|(_, n)| n).collect();
-    assert_eq!(names, ["created", "started", "a", "completed"]);
+    match out[1].result {
+        OpResult::Applied => assert_eq!(names, ["created", "started", "a", "completed"]),
+        OpResult::Fenced => assert_eq!(names, ["created", "started", "completed"]),
+        ref other => panic!("unexpected {other:?}"),
+    }
     assert!(matches!(s.backend(), Backend::Sqlite | Backend::Postgres));
 }
 

@@ -146,12 +146,24 @@ impl Store for SqliteStore {
     async fn write_batch(&self, ops: &[WriteOp]) -> Result<Vec<OpOutcome>> {
         let mut guard = self.writer.lock().await;
         let conn = guard.as_mut().ok_or(Error::ShuttingDown)?;
-        let mut tx = conn.begin().await?;
-        let mut out = Vec::with_capacity(ops.len());
-        for op in ops {
-            out.push(apply(&mut tx, op).await?);
+        let mut tx = Tx {
+            inner: conn.begin().await?,
+            events: Vec::new(),
+        };
+        // Submits and attempt outcomes are applied in bulk (one statement each for the whole
+        // batch), then everything else in queue order. Ops in one batch are concurrent, so
+        // any order of them is a valid serialization.
+        let mut out: Vec<Option<OpOutcome>> = vec![None; ops.len()];
+        submit_all(&mut tx, ops, &mut out).await?;
+        finish_all(&mut tx, ops, &mut out).await?;
+        for (op, slot) in ops.iter().zip(out.iter_mut()) {
+            if slot.is_none() {
+                *slot = Some(apply(&mut tx, op).await?);
+            }
         }
-        tx.commit().await?;
+        let out = out.into_iter().flatten().collect();
+        flush_events(&mut tx).await?;
+        tx.inner.commit().await?;
         Ok(out)
     }
 
@@ -244,11 +256,55 @@ impl Store for SqliteStore {
     }
 }
 
-type Tx<'a> = Transaction<'a, Sqlite>;
+/// A batch's transaction plus the events its ops appended, written in bulk before commit.
+struct Tx<'a> {
+    inner: Transaction<'a, Sqlite>,
+    events: Vec<TaskEvent>,
+}
+
+impl Tx<'_> {
+    fn conn(&mut self) -> &mut SqliteConnection {
+        &mut self.inner
+    }
+}
+
+/// Rows per multi-row event insert (6 parameters each, far below SQLite's limit).
+const EVENT_ROWS_PER_INSERT: usize = 128;
+
+/// Writes the batch's events with as few statements as possible.
+async fn flush_events(tx: &mut Tx<'_>) -> Result<()> {
+    let events = std::mem::take(&mut tx.events);
+    for chunk in events.chunks(EVENT_ROWS_PER_INSERT) {
+        let mut sql = String::from(
+            "INSERT INTO task_events (task_id, seq, kind, name, payload, created_at) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            sql.push_str(if i == 0 {
+                "(?, ?, ?, ?, ?, ?)"
+            } else {
+                ", (?, ?, ?, ?, ?, ?)"
+            });
+        }
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for e in chunk {
+            query = query
+                .bind(&e.task_id)
+                .bind(i64::try_from(e.seq).unwrap_or(i64::MAX))
+                .bind(e.kind.as_str())
+                .bind(&e.name)
+                .bind(e.payload.to_string())
+                .bind(e.created_at);
+        }
+        query.execute(tx.conn()).await?;
+    }
+    Ok(())
+}
 
 async fn apply(tx: &mut Tx<'_>, op: &WriteOp) -> Result<OpOutcome> {
     match op {
-        WriteOp::Submit(p) => submit(tx, p).await,
+        WriteOp::Submit(_) | WriteOp::Finish { .. } => {
+            Err(corrupt("submit and finish ops are applied in bulk".into()))
+        }
         WriteOp::Claim(p) => claim(tx, p).await,
         WriteOp::Emit { fence, events } => emit(tx, fence, events, None).await,
         WriteOp::Step {
@@ -257,11 +313,7 @@ async fn apply(tx: &mut Tx<'_>, op: &WriteOp) -> Result<OpOutcome> {
             result,
             events,
         } => emit(tx, fence, events, Some((name, result))).await,
-        WriteOp::Finish {
-            fence,
-            outcome,
-            now,
-        } => finish(tx, fence, outcome, *now).await,
+
         WriteOp::Control {
             task_id,
             action,
@@ -293,68 +345,91 @@ async fn find_by_key(tx: &mut Tx<'_>, key: &str, user: &str) -> Result<Option<Ta
     ))
     .bind(key)
     .bind(user)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(tx.conn())
     .await?;
     row.map(|r| task_from_row(&r)).transpose()
 }
 
-async fn submit(tx: &mut Tx<'_>, p: &SubmitParams) -> Result<OpOutcome> {
-    let user = p.user_id.as_deref().unwrap_or("");
-    if p.mode == IdempotencyMode::AtMostOnce
-        && let Some(task) = find_by_key(tx, &p.key, user).await?
-    {
-        return Ok(outcome(
-            OpResult::Submitted {
-                task: Box::new(task),
-                created: false,
-                claimed: false,
-            },
-            vec![],
-        ));
+fn existing(task: TaskInfo) -> OpOutcome {
+    outcome(
+        OpResult::Submitted {
+            task: Box::new(task),
+            created: false,
+            claimed: false,
+        },
+        vec![],
+    )
+}
+
+/// Applies every `Submit` of the batch: one multi-row insert, then per-op outcomes.
+async fn submit_all(tx: &mut Tx<'_>, ops: &[WriteOp], out: &mut [Option<OpOutcome>]) -> Result<()> {
+    let mut rows = Vec::new();
+    let mut inserting = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        let WriteOp::Submit(p) = op else { continue };
+        let user = p.user_id.as_deref().unwrap_or("");
+        if p.mode == IdempotencyMode::AtMostOnce
+            && let Some(task) = find_by_key(tx, &p.key, user).await?
+        {
+            out[i] = Some(existing(task));
+            continue;
+        }
+        let (status, attempt, last_seq) = submit_shape(p);
+        rows.push(json!({
+            "id": p.id, "name": p.name, "key": p.key, "user": user,
+            "input": p.input.to_string(), "status": status.as_str(), "attempt": attempt,
+            "max_attempts": p.max_attempts, "auto_recover": p.auto_recover,
+            "node": p.claim.as_ref().map(|c| &c.node),
+            "lease": p.claim.as_ref().map(|c| c.lease_until),
+            "now": p.now, "last_seq": last_seq,
+        }));
+        inserting.push(i);
     }
-    let (status, attempt, last_seq) = match p.claim {
-        Some(_) => (TaskStatus::Running, 1, 2),
-        None => (TaskStatus::Pending, 0, 1),
-    };
-    let inserted = sqlx::query(
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let inserted: Vec<String> = sqlx::query_scalar(
         "INSERT INTO tasks (id, name, idempotency_key, user_id, input, status, attempt, \
          max_attempts, auto_recover, owner_node, lease_expires_at, run_at, created_at, \
-         updated_at, last_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-         ON CONFLICT DO NOTHING",
+         updated_at, last_seq) \
+         SELECT value ->> 'id', value ->> 'name', value ->> 'key', value ->> 'user', \
+         value ->> 'input', value ->> 'status', value ->> 'attempt', value ->> 'max_attempts', \
+         value ->> 'auto_recover', value ->> 'node', value ->> 'lease', value ->> 'now', \
+         value ->> 'now', value ->> 'now', value ->> 'last_seq' \
+         FROM jsonb_each(?) WHERE 1 ORDER BY key ON CONFLICT DO NOTHING RETURNING id",
     )
-    .bind(&p.id)
-    .bind(&p.name)
-    .bind(&p.key)
-    .bind(user)
-    .bind(p.input.to_string())
-    .bind(status.as_str())
-    .bind(attempt)
-    .bind(i64::from(p.max_attempts))
-    .bind(p.auto_recover)
-    .bind(p.claim.as_ref().map(|c| c.node.as_str()))
-    .bind(p.claim.as_ref().map(|c| c.lease_until))
-    .bind(p.now)
-    .bind(p.now)
-    .bind(p.now)
-    .bind(last_seq)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
-        let task = find_by_key(tx, &p.key, user).await?.ok_or_else(|| {
-            Error::StoreUnavailable(std::sync::Arc::new(sqlx::Error::Protocol(
-                "idempotency conflict without a visible task".into(),
-            )))
-        })?;
-        return Ok(outcome(
-            OpResult::Submitted {
-                task: Box::new(task),
-                created: false,
-                claimed: false,
-            },
-            vec![],
-        ));
+    .bind(Value::Array(rows).to_string())
+    .fetch_all(tx.conn())
+    .await?;
+    let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+    for i in inserting {
+        let WriteOp::Submit(p) = &ops[i] else {
+            continue;
+        };
+        out[i] = Some(if inserted.contains(&p.id) {
+            created(tx, p).await?
+        } else {
+            let user = p.user_id.as_deref().unwrap_or("");
+            let task = find_by_key(tx, &p.key, user)
+                .await?
+                .ok_or_else(|| corrupt("idempotency conflict without a visible task".into()))?;
+            existing(task)
+        });
     }
+    Ok(())
+}
+
+/// `(status, attempt, last_seq)` of a new task: claimed at once or pending.
+fn submit_shape(p: &SubmitParams) -> (TaskStatus, i64, i64) {
+    match p.claim {
+        Some(_) => (TaskStatus::Running, 1, 2),
+        None => (TaskStatus::Pending, 0, 1),
+    }
+}
+
+/// The outcome of a submit that inserted its task, with its first events.
+async fn created(tx: &mut Tx<'_>, p: &SubmitParams) -> Result<OpOutcome> {
+    let (status, attempt, last_seq) = submit_shape(p);
     let mut new = vec![NewEvent::engine(EventKind::Created, json!({}))];
     if p.claim.is_some() {
         new.push(started_event(1));
@@ -385,6 +460,7 @@ async fn submit(tx: &mut Tx<'_>, p: &SubmitParams) -> Result<OpOutcome> {
     ))
 }
 
+/// Assigns consecutive seqs from `first_seq`; the rows are written by [`flush_events`].
 async fn insert_events(
     tx: &mut Tx<'_>,
     task_id: &str,
@@ -392,30 +468,19 @@ async fn insert_events(
     events: &[NewEvent],
     now: i64,
 ) -> Result<Vec<TaskEvent>> {
-    let mut out = Vec::with_capacity(events.len());
-    for (i, ev) in events.iter().enumerate() {
-        let seq = first_seq + i64::try_from(i).unwrap_or(0);
-        sqlx::query(
-            "INSERT INTO task_events (task_id, seq, kind, name, payload, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(task_id)
-        .bind(seq)
-        .bind(ev.kind.as_str())
-        .bind(&ev.name)
-        .bind(ev.payload.to_string())
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-        out.push(TaskEvent {
+    let out: Vec<TaskEvent> = events
+        .iter()
+        .enumerate()
+        .map(|(i, ev)| TaskEvent {
             task_id: task_id.to_owned(),
-            seq: u64::try_from(seq).unwrap_or(0),
+            seq: u64::try_from(first_seq + i64::try_from(i).unwrap_or(0)).unwrap_or(0),
             kind: ev.kind,
             name: ev.name.clone(),
             payload: ev.payload.clone(),
             created_at: now,
-        });
-    }
+        })
+        .collect();
+    tx.events.extend(out.iter().cloned());
     Ok(out)
 }
 
@@ -439,43 +504,52 @@ async fn claim(tx: &mut Tx<'_>, p: &ClaimParams) -> Result<OpOutcome> {
     .bind(p.now)
     .bind(names)
     .bind(i64::try_from(budget.window()).unwrap_or(1024))
-    .fetch_all(&mut **tx)
+    .fetch_all(tx.conn())
     .await?;
     let window = budget.window();
     let more = candidates.len() >= window;
     let mut skipped = false;
-    let mut claimed = Vec::new();
-    let mut events = Vec::new();
-    for c in candidates {
+    let mut chosen: HashMap<String, (bool, bool)> = HashMap::new();
+    for c in &candidates {
         let id: String = c.try_get(0)?;
         let user: String = c.try_get(1)?;
         let name: String = c.try_get(2)?;
-        let user = (!user.is_empty()).then_some(user.as_str());
-        if !budget.admit(user, &name) {
+        if budget.admit((!user.is_empty()).then_some(user.as_str()), &name) {
+            chosen.insert(id, (c.try_get(3)?, c.try_get(4)?));
+        } else {
             skipped = true;
-            continue;
         }
-        let row = sqlx::query(concat!(
+    }
+    let mut claimed = Vec::with_capacity(chosen.len());
+    let mut events = Vec::with_capacity(chosen.len());
+    if !chosen.is_empty() {
+        let ids = serde_json::to_string(&chosen.keys().collect::<Vec<_>>())?;
+        let rows = sqlx::query(concat!(
             "UPDATE tasks SET status = 'running', attempt = attempt + 1, owner_node = ?, \
              lease_expires_at = ?, control = NULL, recovery = 0, last_seq = last_seq + 1, \
-             updated_at = ? WHERE id = ? AND status = 'pending' RETURNING ",
+             updated_at = ? WHERE id IN (SELECT value FROM json_each(?)) AND status = 'pending' \
+             RETURNING ",
             task_cols!()
         ))
         .bind(&p.node)
         .bind(p.lease_until)
         .bind(p.now)
-        .bind(&id)
-        .fetch_optional(&mut **tx)
+        .bind(ids)
+        .fetch_all(tx.conn())
         .await?;
-        let Some(row) = row else { continue };
-        let task = task_from_row(&row)?;
-        let seq = i64::try_from(task.last_seq).unwrap_or(i64::MAX);
-        events.extend(insert_events(tx, &id, seq, &[started_event(task.attempt)], p.now).await?);
-        claimed.push(ClaimedTask {
-            task,
-            recovery: c.try_get(3)?,
-            auto_recover: c.try_get(4)?,
-        });
+        for row in &rows {
+            let task = task_from_row(row)?;
+            let seq = i64::try_from(task.last_seq).unwrap_or(i64::MAX);
+            events.extend(
+                insert_events(tx, &task.id, seq, &[started_event(task.attempt)], p.now).await?,
+            );
+            let (recovery, auto_recover) = chosen.get(&task.id).copied().unwrap_or_default();
+            claimed.push(ClaimedTask {
+                task,
+                recovery,
+                auto_recover,
+            });
+        }
     }
     Ok(outcome(
         OpResult::Claimed {
@@ -499,7 +573,7 @@ async fn fenced_seq(tx: &mut Tx<'_>, fence: &Fence, n: usize, now: i64) -> Resul
     .bind(&fence.task_id)
     .bind(&fence.node)
     .bind(fence.attempt)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(tx.conn())
     .await?;
     Ok(last.map(|last| last - n + 1))
 }
@@ -523,53 +597,77 @@ async fn emit(
         .bind(name)
         .bind(result.to_string())
         .bind(now)
-        .execute(&mut **tx)
+        .execute(tx.conn())
         .await?;
     }
     let events = insert_events(tx, &fence.task_id, first, events, now).await?;
     Ok(outcome(OpResult::Applied, events))
 }
 
-async fn finish(tx: &mut Tx<'_>, fence: &Fence, finish: &Finish, now: i64) -> Result<OpOutcome> {
-    let (status, result, error, run_at, event) = super::effects::finish_effects(fence, finish, now);
-    let result = result.as_ref().map(Value::to_string);
-    let error = error.as_ref().map(Value::to_string);
-    let bump = i64::from(event.is_some());
-    let release = matches!(finish, Finish::Release);
-    let sql = concat!(
-        "UPDATE tasks SET status = ?, result = coalesce(?, result), error = coalesce(?, error), ",
-        "run_at = coalesce(?, run_at), owner_node = NULL, lease_expires_at = NULL, control = NULL, ",
-        "attempt = attempt - ?, recovery = ?, last_seq = last_seq + ?, updated_at = ? ",
-        "WHERE id = ? AND owner_node = ? AND attempt = ? AND status = 'running' RETURNING last_seq"
-    );
-    let last: Option<i64> = sqlx::query_scalar(sql)
-        .bind(status.as_str())
-        .bind(result)
-        .bind(error)
-        .bind(run_at)
-        .bind(i64::from(release))
-        .bind(release)
-        .bind(bump)
-        .bind(now)
-        .bind(&fence.task_id)
-        .bind(&fence.node)
-        .bind(fence.attempt)
-        .fetch_optional(&mut **tx)
-        .await?;
-    let Some(last) = last else {
-        return Ok(outcome(OpResult::Fenced, vec![]));
-    };
-    let events = match event {
-        Some(ev) => insert_events(tx, &fence.task_id, last, &[ev], now).await?,
-        None => vec![],
-    };
-    Ok(outcome(OpResult::Applied, events))
+/// Applies every `Finish` of the batch in one fenced multi-row update.
+async fn finish_all(tx: &mut Tx<'_>, ops: &[WriteOp], out: &mut [Option<OpOutcome>]) -> Result<()> {
+    let mut rows = Vec::new();
+    let mut effects = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        let WriteOp::Finish {
+            fence,
+            outcome: finish,
+            now,
+        } = op
+        else {
+            continue;
+        };
+        let (status, result, error, run_at, event) =
+            super::effects::finish_effects(fence, finish, *now);
+        let release = matches!(finish, Finish::Release);
+        rows.push(json!({
+            "id": fence.task_id, "node": fence.node, "attempt": fence.attempt,
+            "status": status.as_str(), "result": result.as_ref().map(Value::to_string),
+            "error": error.as_ref().map(Value::to_string), "run_at": run_at,
+            "dec": i64::from(release), "bump": i64::from(event.is_some()), "now": now,
+        }));
+        effects.push((i, fence.task_id.clone(), event, *now));
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let applied: Vec<(String, i64)> = sqlx::query_as(
+        "UPDATE tasks SET status = v.status, result = coalesce(v.result, tasks.result), \
+         error = coalesce(v.error, tasks.error), run_at = coalesce(v.run_at, tasks.run_at), \
+         owner_node = NULL, lease_expires_at = NULL, control = NULL, \
+         attempt = tasks.attempt - v.dec, recovery = v.dec, last_seq = tasks.last_seq + v.bump, \
+         updated_at = v.now \
+         FROM (SELECT value ->> 'id' AS id, value ->> 'node' AS node, \
+               value ->> 'attempt' AS attempt, value ->> 'status' AS status, \
+               value ->> 'result' AS result, value ->> 'error' AS error, \
+               value ->> 'run_at' AS run_at, value ->> 'dec' AS dec, value ->> 'bump' AS bump, \
+               value ->> 'now' AS now FROM jsonb_each(?)) AS v \
+         WHERE tasks.id = v.id AND tasks.owner_node = v.node AND tasks.attempt = v.attempt \
+         AND tasks.status = 'running' RETURNING tasks.id, tasks.last_seq",
+    )
+    .bind(Value::Array(rows).to_string())
+    .fetch_all(tx.conn())
+    .await?;
+    let applied: HashMap<String, i64> = applied.into_iter().collect();
+    for (i, task_id, event, now) in effects {
+        out[i] = Some(match applied.get(&task_id) {
+            None => outcome(OpResult::Fenced, vec![]),
+            Some(&last) => {
+                let events = match event {
+                    Some(ev) => insert_events(tx, &task_id, last, &[ev], now).await?,
+                    None => vec![],
+                };
+                outcome(OpResult::Applied, events)
+            }
+        });
+    }
+    Ok(())
 }
 
 async fn control(tx: &mut Tx<'_>, id: &str, action: Control, now: i64) -> Result<OpOutcome> {
     let row = sqlx::query("SELECT status FROM tasks WHERE id = ?")
         .bind(id)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(tx.conn())
         .await?;
     let Some(row) = row else {
         return Ok(outcome(OpResult::NotFound, vec![]));
@@ -580,7 +678,7 @@ async fn control(tx: &mut Tx<'_>, id: &str, action: Control, now: i64) -> Result
         if action == Control::RequestStop && from == TaskStatus::Running {
             sqlx::query("UPDATE tasks SET control = 'stop' WHERE id = ? AND status = 'running'")
                 .bind(id)
-                .execute(&mut **tx)
+                .execute(tx.conn())
                 .await?;
         }
         return Ok(unchanged());
@@ -596,7 +694,7 @@ async fn control(tx: &mut Tx<'_>, id: &str, action: Control, now: i64) -> Result
     .bind(now)
     .bind(id)
     .bind(from.as_str())
-    .fetch_optional(&mut **tx)
+    .fetch_optional(tx.conn())
     .await?;
     let Some(last) = last else {
         return Ok(unchanged());
@@ -612,7 +710,7 @@ async fn lease_renew(tx: &mut Tx<'_>, node: &str, until: i64) -> Result<OpOutcom
     )
     .bind(until)
     .bind(node)
-    .fetch_all(&mut **tx)
+    .fetch_all(tx.conn())
     .await?;
     let leases = rows
         .iter()
@@ -634,7 +732,7 @@ async fn reap(tx: &mut Tx<'_>, now: i64, cutoff: i64, all: bool) -> Result<OpOut
     )
     .bind(all)
     .bind(now)
-    .fetch_all(&mut **tx)
+    .fetch_all(tx.conn())
     .await?;
     let mut events = Vec::new();
     for r in &rows {
@@ -661,7 +759,7 @@ async fn reap(tx: &mut Tx<'_>, now: i64, cutoff: i64, all: bool) -> Result<OpOut
         .bind(now)
         .bind(&id)
         .bind(attempt)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(tx.conn())
         .await?;
         if let Some(last) = last {
             events.extend(insert_events(tx, &id, last, &[event], now).await?);
@@ -679,7 +777,7 @@ async fn purge(tx: &mut Tx<'_>, terminal_before: i64, suspended_before: i64) -> 
     )
     .bind(terminal_before)
     .bind(suspended_before)
-    .execute(&mut **tx)
+    .execute(tx.conn())
     .await?;
     sqlx::query(
         "DELETE FROM task_steps WHERE task_id IN (SELECT id FROM tasks WHERE \
@@ -688,7 +786,7 @@ async fn purge(tx: &mut Tx<'_>, terminal_before: i64, suspended_before: i64) -> 
     )
     .bind(terminal_before)
     .bind(suspended_before)
-    .execute(&mut **tx)
+    .execute(tx.conn())
     .await?;
     let n = sqlx::query(
         "DELETE FROM tasks WHERE \
@@ -697,7 +795,7 @@ async fn purge(tx: &mut Tx<'_>, terminal_before: i64, suspended_before: i64) -> 
     )
     .bind(terminal_before)
     .bind(suspended_before)
-    .execute(&mut **tx)
+    .execute(tx.conn())
     .await?
     .rows_affected();
     Ok(outcome(OpResult::Count(n), vec![]))

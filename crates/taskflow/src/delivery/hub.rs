@@ -8,7 +8,7 @@ use tokio::sync::broadcast;
 use crate::event::TaskEvent;
 
 /// Live events buffered per task before a slow subscriber lags (and re-reads the store).
-const CHANNEL_CAPACITY: usize = 64;
+const CHANNEL_CAPACITY: usize = 16;
 
 /// What a live channel carries.
 #[derive(Debug, Clone)]

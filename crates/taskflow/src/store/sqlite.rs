@@ -92,7 +92,7 @@ impl SqliteStore {
             })
             .busy_timeout(Duration::from_secs(5))
             .pragma("temp_store", "memory")
-            .pragma("cache_size", "-16000");
+            .pragma("cache_size", "-4000");
         let mut writer = SqliteConnection::connect_with(&opts).await?;
         sqlx::migrate!("./migrations/sqlite")
             .run(&mut writer)

@@ -1,1 +1,66 @@
-fn main(){}
+//! `appkit-bench`: benchmarks for appkit-rs.
+//!
+//! Each mode runs one experiment, prints progress to stderr and exactly one JSON object as
+//! the last line of stdout, so scripts can read it with `tail -n1`.
+//!
+//! ```text
+//! cargo run --release -p appkit-bench -- engine [--tasks N] [--concurrency C] [--rate R]
+//! cargo build --release -p dev-playground && cargo run --release -p appkit-bench -- sse
+//! ```
+//!
+//! Modes:
+//! - `engine`: no-op tasks through the TaskFlow engine on a SQLite store in a temporary
+//!   directory; see [`engine`] for exactly what each number measures.
+//! - `sse`: idle SSE bridges against the real release `dev-playground` server (build it
+//!   first); see [`sse`].
+#![allow(clippy::print_stdout)]
+
+mod args;
+mod engine;
+mod sse;
+mod stats;
+
+use anyhow::{Result, bail};
+
+const USAGE: &str = "usage: appkit-bench <mode> [flags]
+
+modes:
+  engine   no-op tasks through TaskFlow on SQLite (temp dir)
+           --tasks N          tasks in the throughput phase (default 50000)
+           --concurrency C    concurrent submitters in the throughput phase (default 64)
+           --slots S          engine global concurrency slots (default 64)
+           --rate R           submits/s in the paced latency phase, 0 to skip (default 2000)
+           --latency-secs T   length of the latency phase in seconds (default 3)
+           --store S          sqlite (default) | postgres (a fresh schema at TEST_DATABASE_URL)
+  sse      idle SSE bridges against the release dev-playground binary (build it first)
+           --bridges N            bridges held open for the memory phase (default 10000)
+           --shutdown-bridges N   bridges open at SIGTERM in the shutdown phase (default 1000)
+           --connect-concurrency C  bridges opened at once (default 128)";
+
+fn main() -> Result<()> {
+    let mut argv = std::env::args().skip(1);
+    let mode = argv.next();
+    let report = match mode.as_deref() {
+        Some("engine") => {
+            let opts = engine::Options::parse(args::Flags::parse(argv)?)?;
+            runtime()?.block_on(engine::run(opts))?
+        }
+        Some("sse") => {
+            let opts = sse::Options::parse(args::Flags::parse(argv)?)?;
+            runtime()?.block_on(sse::run(opts))?.to_string()
+        }
+        Some("-h" | "--help") | None => {
+            eprintln!("{USAGE}");
+            return Ok(());
+        }
+        Some(other) => bail!("unknown mode `{other}`\n\n{USAGE}"),
+    };
+    println!("{report}");
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}

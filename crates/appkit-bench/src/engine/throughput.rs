@@ -1,0 +1,129 @@
+//! Phase 1: as many no-op tasks as the engine takes, from concurrent submitters.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures_util::StreamExt;
+use futures_util::future::try_join_all;
+use taskflow::{EventKind, SubmitOptions, Submitted, TaskFlow, TaskStatus};
+use tokio::task::JoinSet;
+
+use super::TASK;
+use super::recorder::Recorder;
+use crate::stats::Percentiles;
+
+/// How many of the last tasks to return are watched to time the last commit.
+const TAIL: usize = 64;
+/// Bound on the whole phase, so a stuck engine fails the bench instead of hanging it.
+const DEADLINE: Duration = Duration::from_secs(300);
+
+/// What the phase measured.
+#[derive(Debug)]
+pub(super) struct Throughput {
+    /// First submit → last `completed` event observed.
+    pub(super) elapsed: Duration,
+    /// First submit → last submit acknowledged.
+    pub(super) submitting: Duration,
+    /// Submit → handler entry, under saturation.
+    pub(super) start_latency: Option<Percentiles>,
+    /// Idempotency keys, by task index.
+    pub(super) keys: Vec<String>,
+}
+
+/// Submits tasks `0..n` from `concurrency` submitters and waits until all are completed.
+pub(super) async fn run(
+    flow: &TaskFlow,
+    rec: &Arc<Recorder>,
+    n: usize,
+    concurrency: usize,
+) -> Result<Throughput> {
+    let first_submit = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut submitters = JoinSet::new();
+    for _ in 0..concurrency.clamp(1, n.max(1)) {
+        submitters.spawn(submitter(flow.clone(), rec.clone(), next.clone(), n));
+    }
+    let mut keys = vec![String::new(); n];
+    while let Some(joined) = submitters.join_next().await {
+        for (i, key) in joined.context("submitter panicked")?? {
+            keys[i] = key;
+        }
+    }
+    let submitting = first_submit.elapsed();
+    tokio::time::timeout(DEADLINE, rec.all_returned())
+        .await
+        .with_context(|| {
+            format!(
+                "only {} of {n} handlers ran within {DEADLINE:?}",
+                rec.returns()
+            )
+        })?;
+    let tail = rec.last_returned(n, TAIL);
+    try_join_all(tail.iter().map(|&i| wait_completed(flow, &keys[i]))).await?;
+    let elapsed = first_submit.elapsed();
+    let start_latency = Percentiles::of((0..n).filter_map(|i| rec.submit_to_start(i)).collect());
+    Ok(Throughput {
+        elapsed,
+        submitting,
+        start_latency,
+        keys,
+    })
+}
+
+async fn submitter(
+    flow: TaskFlow,
+    rec: Arc<Recorder>,
+    next: Arc<AtomicUsize>,
+    n: usize,
+) -> Result<Vec<(usize, String)>> {
+    let mut keys = Vec::new();
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= n {
+            return Ok(keys);
+        }
+        rec.submitting(i);
+        match flow.submit(TASK, i, SubmitOptions::new()).await? {
+            Submitted::Created(h) => keys.push((i, h.idempotency_key)),
+            Submitted::Existing(_, status) => {
+                bail!("task {i} attached to an existing {status} task")
+            }
+        }
+    }
+}
+
+/// Waits for the task's `completed` event (replayed if it already committed).
+async fn wait_completed(flow: &TaskFlow, key: &str) -> Result<()> {
+    let mut events = flow.subscribe(key, None, 0).await?;
+    while let Some(event) = events.next().await {
+        let event = event?;
+        match event.kind {
+            EventKind::Completed => return Ok(()),
+            k if k.is_terminal() => bail!("task {key} ended {}: {}", k.as_str(), event.payload),
+            _ => {}
+        }
+    }
+    bail!("event stream of task {key} ended without a terminal event")
+}
+
+/// Checks, untimed, that every task completed in one attempt with exactly the events
+/// `created`, `started`, `completed`.
+pub(super) async fn verify(flow: &TaskFlow, keys: &[String]) -> Result<()> {
+    let mut checks = futures_util::stream::iter(keys)
+        .map(|key| async move { (key, flow.status(key, None).await) })
+        .buffer_unordered(8);
+    while let Some((key, status)) = checks.next().await {
+        let task = status.with_context(|| format!("status of {key}"))?;
+        if task.status != TaskStatus::Completed || task.attempt != 1 || task.last_seq != 3 {
+            bail!(
+                "task {key}: status {} attempt {} last_seq {} (want completed, 1, 3)",
+                task.status,
+                task.attempt,
+                task.last_seq
+            );
+        }
+    }
+    Ok(())
+}

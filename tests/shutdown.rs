@@ -10,13 +10,14 @@ use tokio::time::Instant;
 
 const SHUTDOWN_FRAME: &str = "event: error\ndata: {\"message\":\"server_shutting_down\"}";
 
-const STEPS: [&str; 7] = [
+const STEPS: [&str; 8] = [
     "shutdown: started by SIGINT",
     "shutdown: readiness off",
     "shutdown: draining 3 sse bridges",
     "shutdown: aborting active operations",
     "shutdown: http server closed",
     "shutdown: core services closed",
+    "shutdown: telemetry flushed",
     "shutdown: complete",
 ];
 

@@ -11,6 +11,8 @@
     clippy::unwrap_used
 )]
 
+pub mod otlp;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
@@ -248,9 +250,13 @@ impl Server {
     }
 }
 
+/// The address of a `listening on http://ADDR` line, plain text or JSON (production).
 fn listening_addr(line: &str) -> Option<SocketAddr> {
     let rest = line.split("listening on http://").nth(1)?;
-    rest.split_whitespace().next()?.parse().ok()
+    let end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']')))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
 }
 
 fn pipe_lines(

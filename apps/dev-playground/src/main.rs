@@ -9,36 +9,47 @@
 //! # open http://localhost:8000/
 //! ```
 //!
-//! Configuration comes from the environment (docs/configuration.md). Logs go to stderr;
-//! the process exits 0 after a clean shutdown and 1 when start-up fails or the shutdown
-//! deadline passes.
+//! Configuration comes from the environment (docs/configuration.md). Telemetry is the
+//! host's: logs go to stdout (JSON with `APPKIT_ENV=production`), and traces, metrics and
+//! logs are exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. The process
+//! exits 0 after a clean shutdown (an unreachable collector included) and 1 when start-up
+//! fails or the shutdown deadline passes.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use tracing_subscriber::EnvFilter;
-
 fn main() -> ExitCode {
-    init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            tracing::error!(error = %e, "cannot start the tokio runtime");
+            eprintln!("cannot start the tokio runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     let code = match runtime.block_on(run()) {
         Ok(()) => 0,
         Err(e) => {
-            tracing::error!("{e:#}");
+            report(&e);
             1
         }
     };
-    // Exit now: a handler that ignores cancellation must not keep the process alive.
+    // Exit now, without dropping the runtime: dropping it waits for every blocking task,
+    // and neither a handler that ignores cancellation nor an OTel provider still giving up
+    // on an unreachable collector (its shutdown thread can outlive the bounded flush by
+    // seconds) may keep the process alive past the shutdown deadline.
     std::process::exit(code)
+}
+
+/// Logs a fatal error, on stderr when it came before the log subscriber was installed
+/// (a configuration error, a failed telemetry start).
+fn report(e: &anyhow::Error) {
+    if tracing::dispatcher::has_been_set() {
+        tracing::error!("{e:#}");
+    } else {
+        eprintln!("error: {e:#}");
+    }
 }
 
 async fn run() -> anyhow::Result<()> {
@@ -48,15 +59,4 @@ async fn run() -> anyhow::Result<()> {
         .run()
         .await?;
     Ok(())
-}
-
-/// Installs the log subscriber: plain text on stderr, filtered by `RUST_LOG` (default
-/// `info`). The one place to swap for `appkit_telemetry::init` when it lands.
-fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::resource::TelemetryResourceDetector;
 use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracerProvider};
 use tokio::sync::watch;
-use tracing_subscriber::filter::{EnvFilter, filter_fn};
+use tracing_subscriber::filter::{EnvFilter, dynamic_filter_fn};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{Layer as _, fmt};
@@ -88,14 +89,21 @@ pub fn init(config: TelemetryConfig) -> Result<TelemetryGuard> {
             .with_ansi(std::io::stdout().is_terminal())
             .boxed(),
     };
+    // Not cached per call site: once the guard shuts down, nothing more is handed to the
+    // stopped providers (which would warn about every record emitted after shutdown).
     let trace_layer = providers.tracer.as_ref().map(|provider| {
+        let closed = providers.closed.clone();
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("appkit"))
-            .with_filter(filter_fn(|meta| !is_exporter_internal(meta.target())))
+            .with_filter(dynamic_filter_fn(move |meta, _| {
+                exportable(&closed, meta.target())
+            }))
     });
     let log_layer = providers.logger.as_ref().map(|provider| {
-        OpenTelemetryTracingBridge::new(provider)
-            .with_filter(filter_fn(|meta| !is_exporter_internal(meta.target())))
+        let closed = providers.closed.clone();
+        OpenTelemetryTracingBridge::new(provider).with_filter(dynamic_filter_fn(move |meta, _| {
+            exportable(&closed, meta.target())
+        }))
     });
     tracing_subscriber::registry()
         .with(filter)
@@ -120,6 +128,12 @@ pub fn init(config: TelemetryConfig) -> Result<TelemetryGuard> {
         "telemetry initialised"
     );
     Ok(TelemetryGuard::new(providers, config.shutdown_timeout))
+}
+
+/// Whether a span or event of `target` goes to the OTel layers: not after shutdown, and
+/// never the exporters' own diagnostics.
+fn exportable(closed: &AtomicBool, target: &str) -> bool {
+    !closed.load(Ordering::Acquire) && !is_exporter_internal(target)
 }
 
 /// Targets of the exporters' own machinery, never exported (no feedback loop).
@@ -150,6 +164,8 @@ struct Providers {
     logger: Option<SdkLoggerProvider>,
     /// Failed exports of all three, counted to report a lost final flush.
     failures: FailureCounter,
+    /// Set when the shutdown starts: `tracing` spans and events are no longer exported.
+    closed: Arc<AtomicBool>,
 }
 
 impl Providers {
@@ -179,6 +195,7 @@ impl Providers {
                 .map(|s| logger_provider(s, otlp, resource, &failures))
                 .transpose()?,
             failures,
+            closed: Arc::default(),
         })
     }
 
@@ -481,6 +498,7 @@ impl Inner {
     fn start(&self) -> Started {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let (sender, outcome) = watch::channel(None);
+        self.providers.closed.store(true, Ordering::Release);
         if self.providers.any() {
             let providers = self.providers.clone();
             let timeout = self.timeout;

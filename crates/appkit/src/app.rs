@@ -59,9 +59,10 @@ impl AppBuilder {
         self
     }
 
-    /// Registers a core service the app started before the host (telemetry, a database
-    /// pool): `close` runs once at shutdown step 5, after the task store, in reverse
-    /// order of registration.
+    /// Registers a core service the app started before the host (a database pool, a
+    /// cache): `close` runs once at shutdown step 5, after the task store, in reverse
+    /// order of registration, and before telemetry is flushed (see
+    /// [`telemetry`](Self::telemetry)).
     pub fn on_close<F, Fut>(mut self, service: impl Into<String>, close: F) -> Self
     where
         F: FnOnce() -> Fut + Send + 'static,

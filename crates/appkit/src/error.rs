@@ -253,7 +253,8 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// The host middleware: gives extractors the request policy, then logs each error
-/// response once and, in production, redacts 5xx messages to "Server error".
+/// response once (503 at warn, other 5xx at error, 4xx at debug) and, in production,
+/// redacts 5xx messages to "Server error".
 pub(crate) async fn host_middleware(
     State(policy): State<RequestPolicy>,
     mut req: Request,
@@ -267,7 +268,17 @@ pub(crate) async fn host_middleware(
         return response;
     };
     let status = response.status();
-    if status.is_server_error() {
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        // Degraded but handled (shutting down, the database out of reach): not a bug.
+        tracing::warn!(
+            http.request.method = %method,
+            url.path = %path,
+            http.response.status_code = status.as_u16(),
+            code = report.code,
+            error = %report.message,
+            "request refused: service unavailable"
+        );
+    } else if status.is_server_error() {
         tracing::error!(
             http.request.method = %method,
             url.path = %path,

@@ -62,3 +62,8 @@ pub use taskflow;
 
 #[cfg(test)]
 mod tests;
+
+/// The README's code blocks, compiled as doc tests so the README cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

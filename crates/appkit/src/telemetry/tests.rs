@@ -17,13 +17,39 @@ use tracing_subscriber::registry::LookupSpan;
 use super::*;
 use crate::{App, Plugin, PluginContext};
 
-/// The fields of every `http_request` span, by span id, as text.
+/// The fields of every `http_request` span, by span id, as text, with the thread that
+/// opened it (the test binary runs other tests' requests on other threads).
 #[derive(Clone, Default)]
-struct Captured(Arc<Mutex<HashMap<u64, HashMap<String, String>>>>);
+struct Captured(Arc<Mutex<HashMap<u64, OpenedSpan>>>);
+
+/// The opening thread and the fields of one span.
+type OpenedSpan = (std::thread::ThreadId, HashMap<String, String>);
 
 impl Captured {
+    /// Spans opened on the calling thread.
     fn spans(&self) -> Vec<HashMap<String, String>> {
-        self.0.lock().unwrap().values().cloned().collect()
+        let me = std::thread::current().id();
+        let spans = self.0.lock().unwrap();
+        spans
+            .values()
+            .filter(|(t, _)| *t == me)
+            .map(|(_, f)| f.clone())
+            .collect()
+    }
+
+    /// The process-wide capture. A global subscriber, because a thread-local one races
+    /// with other tests over tracing's per-callsite interest cache.
+    fn global() -> Self {
+        static GLOBAL: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+        GLOBAL
+            .get_or_init(|| {
+                let captured = Captured::default();
+                let subscriber = tracing_subscriber::registry().with(captured.clone());
+                tracing::subscriber::set_global_default(subscriber)
+                    .expect("no other test in this binary installs a global subscriber");
+                captured
+            })
+            .clone()
     }
 }
 
@@ -49,11 +75,15 @@ impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<
         }
         let mut fields = HashMap::new();
         attrs.record(&mut Fields(&mut fields));
-        self.0.lock().unwrap().insert(id.into_u64(), fields);
+        let thread = std::thread::current().id();
+        self.0
+            .lock()
+            .unwrap()
+            .insert(id.into_u64(), (thread, fields));
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, _: Context<'_, S>) {
-        if let Some(fields) = self.0.lock().unwrap().get_mut(&id.into_u64()) {
+        if let Some((_, fields)) = self.0.lock().unwrap().get_mut(&id.into_u64()) {
             values.record(&mut Fields(fields));
         }
     }
@@ -77,9 +107,7 @@ impl Plugin for Nested {
 
 #[tokio::test(flavor = "current_thread")]
 async fn request_spans_are_named_by_the_full_matched_route_of_nested_routers() {
-    let captured = Captured::default();
-    let _default =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(captured.clone()));
+    let captured = Captured::global();
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
     config.tasks_store = crate::config::TasksStore::Sqlite(dir.path().join("tasks.db"));

@@ -13,6 +13,8 @@ use sqlx::sqlite::{
     SqliteRow, SqliteSynchronous as Sync,
 };
 use sqlx::{Connection, Row, Sqlite, Transaction};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{
     Backend, ClaimParams, ClaimedTask, Control, Fence, Finish, OpOutcome, OpResult, RenewedLease,
@@ -42,6 +44,32 @@ pub struct SqliteStore {
     writer: tokio::sync::Mutex<Option<SqliteConnection>>,
     reader: SqlitePool,
     lock: std::sync::Mutex<Option<File>>,
+    background: TaskTracker,
+    stop: CancellationToken,
+}
+
+/// How often the WAL is checkpointed into the database file.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Copies committed WAL frames into the database file without blocking the writer
+/// (`PASSIVE`), until stopped; a last checkpoint at close.
+async fn checkpoint_loop(mut conn: SqliteConnection, stop: CancellationToken) {
+    loop {
+        let stopped = tokio::select! {
+            () = stop.cancelled() => true,
+            () = tokio::time::sleep(CHECKPOINT_INTERVAL) => false,
+        };
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&mut conn)
+            .await
+        {
+            tracing::debug!(error = %e, "wal checkpoint failed; retrying later");
+        }
+        if stopped {
+            break;
+        }
+    }
+    let _ = conn.close().await;
 }
 
 macro_rules! task_cols {
@@ -92,21 +120,30 @@ impl SqliteStore {
             })
             .busy_timeout(Duration::from_secs(5))
             .pragma("temp_store", "memory")
-            .pragma("cache_size", "-4000");
+            .pragma("cache_size", "-4000")
+            // Checkpoints run on their own connection (below), never inside the writer's
+            // commit, where their fsync would stall every caller of that batch.
+            .pragma("wal_autocheckpoint", "0");
         let mut writer = SqliteConnection::connect_with(&opts).await?;
         sqlx::migrate!("./migrations/sqlite")
             .run(&mut writer)
             .await?;
+        let checkpointer = SqliteConnection::connect_with(&opts).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(1)
             .connect_with(opts.read_only(true))
             .await?;
+        let background = TaskTracker::new();
+        let stop = CancellationToken::new();
+        background.spawn(checkpoint_loop(checkpointer, stop.clone()));
         Ok(Self {
             path,
             writer: tokio::sync::Mutex::new(Some(writer)),
             reader,
             lock: std::sync::Mutex::new(Some(lock)),
+            background,
+            stop,
         })
     }
 
@@ -249,6 +286,9 @@ impl Store for SqliteStore {
         if let Some(conn) = self.writer.lock().await.take() {
             let _ = conn.close().await;
         }
+        self.stop.cancel();
+        self.background.close();
+        self.background.wait().await;
         self.reader.close().await;
         if let Ok(mut lock) = self.lock.lock() {
             lock.take();

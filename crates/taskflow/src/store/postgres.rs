@@ -158,14 +158,23 @@ impl Store for PostgresStore {
     }
 
     async fn write_batch(&self, ops: &[WriteOp]) -> Result<Vec<OpOutcome>> {
-        let mut tx = self.pool.begin().await?;
-        let mut out = Vec::with_capacity(ops.len());
-        let mut work = false;
-        for op in ops {
-            let o = apply(&mut tx, op).await?;
-            work |= creates_work(op, &o);
-            out.push(o);
+        let mut tx = Tx {
+            inner: self.pool.begin().await?,
+            events: Vec::new(),
+        };
+        // Submits and attempt outcomes in bulk (one statement each for the batch), then the
+        // rest in queue order; ops in one batch are concurrent, so any order is valid.
+        let mut out: Vec<Option<OpOutcome>> = vec![None; ops.len()];
+        submit_all(&mut tx, ops, &mut out).await?;
+        finish_all(&mut tx, ops, &mut out).await?;
+        for (op, slot) in ops.iter().zip(out.iter_mut()) {
+            if slot.is_none() {
+                *slot = Some(apply(&mut tx, op).await?);
+            }
         }
+        let out: Vec<OpOutcome> = out.into_iter().flatten().collect();
+        let work = ops.iter().zip(&out).any(|(op, o)| creates_work(op, o));
+        flush_events(&mut tx).await?;
         let tasks: BTreeSet<String> = out
             .iter()
             .flat_map(|o| {
@@ -177,16 +186,16 @@ impl Store for PostgresStore {
         if !tasks.is_empty() {
             sqlx::query("SELECT pg_notify('taskflow_events', x) FROM unnest($1::text[]) AS x")
                 .bind(tasks.into_iter().collect::<Vec<_>>())
-                .execute(&mut *tx)
+                .execute(tx.conn())
                 .await?;
         }
         if work {
             sqlx::query("SELECT pg_notify('taskflow_work', $1)")
                 .bind(format!("{}:", self.instance))
-                .execute(&mut *tx)
+                .execute(tx.conn())
                 .await?;
         }
-        tx.commit().await?;
+        tx.inner.commit().await?;
         Ok(out)
     }
 
@@ -291,11 +300,54 @@ fn creates_work(op: &WriteOp, o: &OpOutcome) -> bool {
     }
 }
 
-type Tx<'a> = Transaction<'a, Postgres>;
+/// A batch's transaction plus the events its ops appended, written in bulk before commit.
+struct Tx<'a> {
+    inner: Transaction<'a, Postgres>,
+    events: Vec<TaskEvent>,
+}
+
+impl Tx<'_> {
+    fn conn(&mut self) -> &mut sqlx::PgConnection {
+        &mut self.inner
+    }
+}
+
+/// Writes the batch's events in one statement.
+async fn flush_events(tx: &mut Tx<'_>) -> Result<()> {
+    let events = std::mem::take(&mut tx.events);
+    if events.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = events.iter().map(|e| e.task_id.as_str()).collect();
+    let seqs: Vec<i64> = events
+        .iter()
+        .map(|e| i64::try_from(e.seq).unwrap_or(i64::MAX))
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
+    let payloads: Vec<&Value> = events.iter().map(|e| &e.payload).collect();
+    let times: Vec<i64> = events.iter().map(|e| e.created_at).collect();
+    sqlx::query(
+        "INSERT INTO task_events (task_id, seq, kind, name, payload, created_at) \
+         SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[], \
+         $6::bigint[])",
+    )
+    .bind(&ids)
+    .bind(&seqs)
+    .bind(&kinds)
+    .bind(&names)
+    .bind(&payloads)
+    .bind(&times)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
 
 async fn apply(tx: &mut Tx<'_>, op: &WriteOp) -> Result<OpOutcome> {
     match op {
-        WriteOp::Submit(p) => submit(tx, p).await,
+        WriteOp::Submit(_) | WriteOp::Finish { .. } => Err(corrupt(
+            "submit and finish ops are applied in bulk".to_owned(),
+        )),
         WriteOp::Claim(p) => claim(tx, p).await,
         WriteOp::Emit { fence, events } => emit(tx, fence, events, None).await,
         WriteOp::Step {
@@ -304,11 +356,7 @@ async fn apply(tx: &mut Tx<'_>, op: &WriteOp) -> Result<OpOutcome> {
             result,
             events,
         } => emit(tx, fence, events, Some((name, result))).await,
-        WriteOp::Finish {
-            fence,
-            outcome,
-            now,
-        } => finish(tx, fence, outcome, *now).await,
+
         WriteOp::Control {
             task_id,
             action,
@@ -344,7 +392,7 @@ async fn find_by_key(tx: &mut Tx<'_>, key: &str, user: &str) -> Result<Option<Ta
     ))
     .bind(key)
     .bind(user)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(tx.conn())
     .await?;
     row.map(|r| task_from_row(&r)).transpose()
 }
@@ -360,45 +408,108 @@ fn existing(task: TaskInfo) -> OpOutcome {
     )
 }
 
-async fn submit(tx: &mut Tx<'_>, p: &SubmitParams) -> Result<OpOutcome> {
-    let user = p.user_id.as_deref().unwrap_or("");
-    if p.mode == IdempotencyMode::AtMostOnce
-        && let Some(task) = find_by_key(tx, &p.key, user).await?
-    {
-        return Ok(existing(task));
+/// Applies every `Submit` of the batch: one multi-row insert (in key order, so two
+/// processes inserting the same keys cannot deadlock), then per-op outcomes.
+async fn submit_all(tx: &mut Tx<'_>, ops: &[WriteOp], out: &mut [Option<OpOutcome>]) -> Result<()> {
+    let mut inserting = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        let WriteOp::Submit(p) = op else { continue };
+        let user = p.user_id.as_deref().unwrap_or("");
+        if p.mode == IdempotencyMode::AtMostOnce
+            && let Some(task) = find_by_key(tx, &p.key, user).await?
+        {
+            out[i] = Some(existing(task));
+            continue;
+        }
+        inserting.push(i);
     }
-    let (status, attempt, last_seq) = match p.claim {
-        Some(_) => (TaskStatus::Running, 1, 2),
-        None => (TaskStatus::Pending, 0, 1),
-    };
-    let inserted = sqlx::query(
+    if inserting.is_empty() {
+        return Ok(());
+    }
+    let params: Vec<&SubmitParams> = inserting
+        .iter()
+        .filter_map(|&i| match &ops[i] {
+            WriteOp::Submit(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    let shapes: Vec<_> = params.iter().map(|p| submit_shape(p)).collect();
+    let inserted: Vec<String> = sqlx::query_scalar(
         "INSERT INTO tasks (id, name, idempotency_key, user_id, input, status, attempt, \
          max_attempts, auto_recover, owner_node, lease_expires_at, run_at, created_at, \
-         updated_at, last_seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, \
-         $12, $13) ON CONFLICT DO NOTHING",
+         updated_at, last_seq) \
+         SELECT id, name, key, usr, input, status, attempt, max_attempts, auto_recover, node, \
+         lease, now, now, now, last_seq \
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[], \
+         $7::int[], $8::int[], $9::bool[], $10::text[], $11::bigint[], $12::bigint[], \
+         $13::bigint[]) AS v(id, name, key, usr, input, status, attempt, max_attempts, \
+         auto_recover, node, lease, now, last_seq) \
+         ORDER BY key, usr ON CONFLICT DO NOTHING RETURNING id",
     )
-    .bind(&p.id)
-    .bind(&p.name)
-    .bind(&p.key)
-    .bind(user)
-    .bind(&p.input)
-    .bind(status.as_str())
-    .bind(attempt)
-    .bind(int(p.max_attempts))
-    .bind(p.auto_recover)
-    .bind(p.claim.as_ref().map(|c| c.node.as_str()))
-    .bind(p.claim.as_ref().map(|c| c.lease_until))
-    .bind(p.now)
-    .bind(last_seq)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
-        let task = find_by_key(tx, &p.key, user)
-            .await?
-            .ok_or_else(|| corrupt("idempotency conflict without a visible task".to_owned()))?;
-        return Ok(existing(task));
+    .bind(params.iter().map(|p| p.id.as_str()).collect::<Vec<_>>())
+    .bind(params.iter().map(|p| p.name.as_str()).collect::<Vec<_>>())
+    .bind(params.iter().map(|p| p.key.as_str()).collect::<Vec<_>>())
+    .bind(
+        params
+            .iter()
+            .map(|p| p.user_id.as_deref().unwrap_or(""))
+            .collect::<Vec<_>>(),
+    )
+    .bind(params.iter().map(|p| &p.input).collect::<Vec<_>>())
+    .bind(shapes.iter().map(|s| s.0.as_str()).collect::<Vec<_>>())
+    .bind(shapes.iter().map(|s| s.1).collect::<Vec<i32>>())
+    .bind(
+        params
+            .iter()
+            .map(|p| int(p.max_attempts))
+            .collect::<Vec<_>>(),
+    )
+    .bind(params.iter().map(|p| p.auto_recover).collect::<Vec<_>>())
+    .bind(
+        params
+            .iter()
+            .map(|p| p.claim.as_ref().map(|c| c.node.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        params
+            .iter()
+            .map(|p| p.claim.as_ref().map(|c| c.lease_until))
+            .collect::<Vec<_>>(),
+    )
+    .bind(params.iter().map(|p| p.now).collect::<Vec<_>>())
+    .bind(shapes.iter().map(|s| s.2).collect::<Vec<i64>>())
+    .fetch_all(tx.conn())
+    .await?;
+    let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+    for i in inserting {
+        let WriteOp::Submit(p) = &ops[i] else {
+            continue;
+        };
+        out[i] = Some(if inserted.contains(&p.id) {
+            created(tx, p).await?
+        } else {
+            let user = p.user_id.as_deref().unwrap_or("");
+            let task = find_by_key(tx, &p.key, user)
+                .await?
+                .ok_or_else(|| corrupt("idempotency conflict without a visible task".to_owned()))?;
+            existing(task)
+        });
     }
+    Ok(())
+}
+
+/// `(status, attempt, last_seq)` of a new task: claimed at once or pending.
+fn submit_shape(p: &SubmitParams) -> (TaskStatus, i32, i64) {
+    match p.claim {
+        Some(_) => (TaskStatus::Running, 1, 2),
+        None => (TaskStatus::Pending, 0, 1),
+    }
+}
+
+/// The outcome of a submit that inserted its task, with its first events.
+async fn created(tx: &mut Tx<'_>, p: &SubmitParams) -> Result<OpOutcome> {
+    let (status, attempt, last_seq) = submit_shape(p);
     let mut new = vec![NewEvent::engine(EventKind::Created, json!({}))];
     if p.claim.is_some() {
         new.push(started_event(1));
@@ -429,7 +540,7 @@ async fn submit(tx: &mut Tx<'_>, p: &SubmitParams) -> Result<OpOutcome> {
     ))
 }
 
-/// Inserts events with consecutive seqs starting at `first_seq`, in one statement.
+/// Assigns consecutive seqs from `first_seq`; the rows are written by [`flush_events`].
 async fn insert_events(
     tx: &mut Tx<'_>,
     task_id: &str,
@@ -437,40 +548,20 @@ async fn insert_events(
     events: &[NewEvent],
     now: i64,
 ) -> Result<Vec<TaskEvent>> {
-    if events.is_empty() {
-        return Ok(vec![]);
-    }
-    let seqs: Vec<i64> = (0..events.len())
-        .map(|i| first_seq + i64::try_from(i).unwrap_or(0))
-        .collect();
-    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
-    let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
-    let payloads: Vec<Value> = events.iter().map(|e| e.payload.clone()).collect();
-    sqlx::query(
-        "INSERT INTO task_events (task_id, seq, kind, name, payload, created_at) \
-         SELECT $1, s, k, n, p, $6 FROM unnest($2::bigint[], $3::text[], $4::text[], $5::jsonb[]) \
-         AS t(s, k, n, p)",
-    )
-    .bind(task_id)
-    .bind(&seqs)
-    .bind(&kinds)
-    .bind(&names)
-    .bind(&payloads)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    Ok(events
+    let out: Vec<TaskEvent> = events
         .iter()
-        .zip(seqs)
-        .map(|(ev, seq)| TaskEvent {
+        .enumerate()
+        .map(|(i, ev)| TaskEvent {
             task_id: task_id.to_owned(),
-            seq: u64::try_from(seq).unwrap_or(0),
+            seq: u64::try_from(first_seq + i64::try_from(i).unwrap_or(0)).unwrap_or(0),
             kind: ev.kind,
             name: ev.name.clone(),
             payload: ev.payload.clone(),
             created_at: now,
         })
-        .collect())
+        .collect();
+    tx.events.extend(out.iter().cloned());
+    Ok(out)
 }
 
 async fn claim(tx: &mut Tx<'_>, p: &ClaimParams) -> Result<OpOutcome> {
@@ -491,7 +582,7 @@ async fn claim(tx: &mut Tx<'_>, p: &ClaimParams) -> Result<OpOutcome> {
     .bind(p.now)
     .bind(&p.names)
     .bind(i64::try_from(window).unwrap_or(1024))
-    .fetch_all(&mut **tx)
+    .fetch_all(tx.conn())
     .await?;
     let more = candidates.len() >= window;
     let mut skipped = false;
@@ -520,7 +611,7 @@ async fn claim(tx: &mut Tx<'_>, p: &ClaimParams) -> Result<OpOutcome> {
         .bind(p.lease_until)
         .bind(p.now)
         .bind(&ids)
-        .fetch_all(&mut **tx)
+        .fetch_all(tx.conn())
         .await?;
         for row in &rows {
             let task = task_from_row(row)?;
@@ -561,7 +652,7 @@ async fn emit(
     .bind(&fence.task_id)
     .bind(&fence.node)
     .bind(int(fence.attempt))
-    .fetch_optional(&mut **tx)
+    .fetch_optional(tx.conn())
     .await?;
     let Some(last) = last else {
         return Ok(outcome(OpResult::Fenced, vec![]));
@@ -575,52 +666,83 @@ async fn emit(
         .bind(name)
         .bind(result)
         .bind(now)
-        .execute(&mut **tx)
+        .execute(tx.conn())
         .await?;
     }
     let events = insert_events(tx, &fence.task_id, last - n + 1, events, now).await?;
     Ok(outcome(OpResult::Applied, events))
 }
 
-async fn finish(tx: &mut Tx<'_>, fence: &Fence, finish: &Finish, now: i64) -> Result<OpOutcome> {
-    let (status, result, error, run_at, event) = super::effects::finish_effects(fence, finish, now);
-    let bump = i64::from(event.is_some());
-    let release = matches!(finish, Finish::Release);
-    let last: Option<i64> = sqlx::query_scalar(
-        "UPDATE tasks SET status = $1, result = coalesce($2, result), \
-         error = coalesce($3, error), run_at = coalesce($4, run_at), owner_node = NULL, \
-         lease_expires_at = NULL, control = NULL, attempt = attempt - $5, recovery = $6, \
-         last_seq = last_seq + $7, updated_at = $8 \
-         WHERE id = $9 AND owner_node = $10 AND attempt = $11 AND status = 'running' \
-         RETURNING last_seq",
+/// Applies every `Finish` of the batch in one fenced multi-row update.
+async fn finish_all(tx: &mut Tx<'_>, ops: &[WriteOp], out: &mut [Option<OpOutcome>]) -> Result<()> {
+    let mut rows = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        let WriteOp::Finish {
+            fence,
+            outcome: finish,
+            now,
+        } = op
+        else {
+            continue;
+        };
+        let effects = super::effects::finish_effects(fence, finish, *now);
+        rows.push((i, fence, matches!(finish, Finish::Release), *now, effects));
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let applied: Vec<(String, i64)> = sqlx::query_as(
+        "UPDATE tasks SET status = v.status, result = coalesce(v.result, tasks.result), \
+         error = coalesce(v.error, tasks.error), run_at = coalesce(v.run_at, tasks.run_at), \
+         owner_node = NULL, lease_expires_at = NULL, control = NULL, \
+         attempt = tasks.attempt - v.dec, recovery = v.dec = 1, \
+         last_seq = tasks.last_seq + v.bump, updated_at = v.now \
+         FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::jsonb[], $6::jsonb[], \
+         $7::bigint[], $8::int[], $9::bigint[], $10::bigint[]) \
+         AS v(id, node, attempt, status, result, error, run_at, dec, bump, now) \
+         WHERE tasks.id = v.id AND tasks.owner_node = v.node AND tasks.attempt = v.attempt \
+         AND tasks.status = 'running' RETURNING tasks.id, tasks.last_seq",
     )
-    .bind(status.as_str())
-    .bind(result)
-    .bind(error)
-    .bind(run_at)
-    .bind(i32::from(release))
-    .bind(release)
-    .bind(bump)
-    .bind(now)
-    .bind(&fence.task_id)
-    .bind(&fence.node)
-    .bind(int(fence.attempt))
-    .fetch_optional(&mut **tx)
+    .bind(
+        rows.iter()
+            .map(|r| r.1.task_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.1.node.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| int(r.1.attempt)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.4.0.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.4.1.as_ref()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.4.2.as_ref()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.4.3).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| i32::from(r.2)).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| i64::from(r.4.4.is_some()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.3).collect::<Vec<_>>())
+    .fetch_all(tx.conn())
     .await?;
-    let Some(last) = last else {
-        return Ok(outcome(OpResult::Fenced, vec![]));
-    };
-    let events = match event {
-        Some(ev) => insert_events(tx, &fence.task_id, last, &[ev], now).await?,
-        None => vec![],
-    };
-    Ok(outcome(OpResult::Applied, events))
+    let applied: HashMap<String, i64> = applied.into_iter().collect();
+    for (i, fence, _, now, (_, _, _, _, event)) in rows {
+        out[i] = Some(match applied.get(&fence.task_id) {
+            None => outcome(OpResult::Fenced, vec![]),
+            Some(&last) => {
+                let events = match event {
+                    Some(ev) => insert_events(tx, &fence.task_id, last, &[ev], now).await?,
+                    None => vec![],
+                };
+                outcome(OpResult::Applied, events)
+            }
+        });
+    }
+    Ok(())
 }
 
 async fn control(tx: &mut Tx<'_>, id: &str, action: Control, now: i64) -> Result<OpOutcome> {
     let row = sqlx::query("SELECT status FROM tasks WHERE id = $1 FOR UPDATE")
         .bind(id)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(tx.conn())
         .await?;
     let Some(row) = row else {
         return Ok(outcome(OpResult::NotFound, vec![]));
@@ -631,7 +753,7 @@ async fn control(tx: &mut Tx<'_>, id: &str, action: Control, now: i64) -> Result
         if action == Control::RequestStop && from == TaskStatus::Running {
             sqlx::query("UPDATE tasks SET control = 'stop' WHERE id = $1 AND status = 'running'")
                 .bind(id)
-                .execute(&mut **tx)
+                .execute(tx.conn())
                 .await?;
         }
         return Ok(unchanged());
@@ -647,7 +769,7 @@ async fn control(tx: &mut Tx<'_>, id: &str, action: Control, now: i64) -> Result
     .bind(now)
     .bind(id)
     .bind(from.as_str())
-    .fetch_optional(&mut **tx)
+    .fetch_optional(tx.conn())
     .await?;
     let Some(last) = last else {
         return Ok(unchanged());
@@ -663,7 +785,7 @@ async fn lease_renew(tx: &mut Tx<'_>, node: &str, until: i64) -> Result<OpOutcom
     )
     .bind(until)
     .bind(node)
-    .fetch_all(&mut **tx)
+    .fetch_all(tx.conn())
     .await?;
     let leases = rows
         .iter()
@@ -685,7 +807,7 @@ async fn reap(tx: &mut Tx<'_>, now: i64, cutoff: i64, all: bool) -> Result<OpOut
     )
     .bind(all)
     .bind(now)
-    .fetch_all(&mut **tx)
+    .fetch_all(tx.conn())
     .await?;
     let mut events = Vec::new();
     for r in &rows {
@@ -709,7 +831,7 @@ async fn reap(tx: &mut Tx<'_>, now: i64, cutoff: i64, all: bool) -> Result<OpOut
         .bind(now)
         .bind(&id)
         .bind(attempt)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(tx.conn())
         .await?;
         if let Some(last) = last {
             events.extend(insert_events(tx, &id, last, &[event], now).await?);
@@ -727,16 +849,16 @@ async fn purge(tx: &mut Tx<'_>, terminal_before: i64, suspended_before: i64) -> 
     )
     .bind(terminal_before)
     .bind(suspended_before)
-    .fetch_all(&mut **tx)
+    .fetch_all(tx.conn())
     .await?;
     if !ids.is_empty() {
         sqlx::query("DELETE FROM task_events WHERE task_id = ANY($1)")
             .bind(&ids)
-            .execute(&mut **tx)
+            .execute(tx.conn())
             .await?;
         sqlx::query("DELETE FROM task_steps WHERE task_id = ANY($1)")
             .bind(&ids)
-            .execute(&mut **tx)
+            .execute(tx.conn())
             .await?;
     }
     let n = u64::try_from(ids.len()).unwrap_or(0);

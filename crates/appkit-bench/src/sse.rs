@@ -163,6 +163,8 @@ impl Server {
             .env("APPKIT_TASKS_STORE", store)
             .env("APPKIT_SSE_DISCONNECT_GRACE_MS", "3600000")
             .env("RUST_LOG", "warn,appkit::app=info")
+            // glibc allocator knobs pass through, to compare allocator settings.
+            .envs(std::env::vars().filter(|(k, _)| k.starts_with("MALLOC_")))
             .envs(extra.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

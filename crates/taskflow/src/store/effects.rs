@@ -2,9 +2,92 @@
 
 use serde_json::{Value, json};
 
-use super::{Control, Fence, Finish};
-use crate::event::{EventKind, NewEvent};
-use crate::task::TaskStatus;
+use super::{Control, Fence, Finish, OpOutcome, OpResult, SubmitParams, started_event};
+use crate::event::{EventKind, NewEvent, TaskEvent};
+use crate::task::{TaskInfo, TaskStatus};
+
+/// An op's outcome.
+pub(crate) fn outcome(result: OpResult, events: Vec<TaskEvent>) -> OpOutcome {
+    OpOutcome { result, events }
+}
+
+/// The outcome of a submit that attached to `task`.
+pub(crate) fn existing(task: TaskInfo) -> OpOutcome {
+    outcome(
+        OpResult::Submitted {
+            task: Box::new(task),
+            created: false,
+            claimed: false,
+        },
+        vec![],
+    )
+}
+
+/// `(status, attempt, last_seq)` of a new task: claimed at once or pending.
+pub(crate) fn submit_shape(p: &SubmitParams) -> (TaskStatus, u32, u64) {
+    match p.claim {
+        Some(_) => (TaskStatus::Running, 1, 2),
+        None => (TaskStatus::Pending, 0, 1),
+    }
+}
+
+/// Gives `events` consecutive seqs from `first_seq` and queues them in `batch` (the
+/// backend writes a batch's events in bulk before it commits).
+pub(crate) fn append_events(
+    batch: &mut Vec<TaskEvent>,
+    task_id: &str,
+    first_seq: i64,
+    events: &[NewEvent],
+    now: i64,
+) -> Vec<TaskEvent> {
+    let out: Vec<TaskEvent> = events
+        .iter()
+        .zip(first_seq..)
+        .map(|(ev, seq)| TaskEvent {
+            task_id: task_id.to_owned(),
+            seq: u64::try_from(seq).unwrap_or(0),
+            kind: ev.kind,
+            name: ev.name.clone(),
+            payload: ev.payload.clone(),
+            created_at: now,
+        })
+        .collect();
+    batch.extend(out.iter().cloned());
+    out
+}
+
+/// The outcome of a submit that inserted its task, queueing its first events.
+pub(crate) fn created(batch: &mut Vec<TaskEvent>, p: &SubmitParams) -> OpOutcome {
+    let (status, attempt, last_seq) = submit_shape(p);
+    let mut new = vec![NewEvent::engine(EventKind::Created, json!({}))];
+    if p.claim.is_some() {
+        new.push(started_event(1));
+    }
+    let events = append_events(batch, &p.id, 1, &new, p.now);
+    let task = TaskInfo {
+        id: p.id.clone(),
+        name: p.name.clone(),
+        idempotency_key: p.key.clone(),
+        user_id: p.user_id.clone(),
+        input: p.input.clone(),
+        status,
+        attempt,
+        max_attempts: p.max_attempts,
+        result: None,
+        error: None,
+        last_seq,
+        created_at: p.now,
+        updated_at: p.now,
+    };
+    outcome(
+        OpResult::Submitted {
+            task: Box::new(task),
+            created: true,
+            claimed: p.claim.is_some(),
+        },
+        events,
+    )
+}
 
 /// The columns and event a finished attempt writes:
 /// `(status, result, error, run_at, event)`.

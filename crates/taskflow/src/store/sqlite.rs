@@ -16,9 +16,10 @@ use sqlx::{Connection, Row, Sqlite, Transaction};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::effects::{append_events, created, existing, outcome, submit_shape};
 use super::{
     Backend, ClaimParams, ClaimedTask, Control, Fence, Finish, OpOutcome, OpResult, RenewedLease,
-    Store, SubmitParams, WriteOp, started_event,
+    Store, WriteOp, started_event,
 };
 use crate::error::{Error, Result};
 use crate::event::{EventKind, NewEvent, TaskEvent};
@@ -372,10 +373,6 @@ async fn apply(tx: &mut Tx<'_>, op: &WriteOp) -> Result<OpOutcome> {
     }
 }
 
-fn outcome(result: OpResult, events: Vec<TaskEvent>) -> OpOutcome {
-    OpOutcome { result, events }
-}
-
 async fn find_by_key(tx: &mut Tx<'_>, key: &str, user: &str) -> Result<Option<TaskInfo>> {
     let row = sqlx::query(concat!(
         "SELECT ",
@@ -388,17 +385,6 @@ async fn find_by_key(tx: &mut Tx<'_>, key: &str, user: &str) -> Result<Option<Ta
     .fetch_optional(tx.conn())
     .await?;
     row.map(|r| task_from_row(&r)).transpose()
-}
-
-fn existing(task: TaskInfo) -> OpOutcome {
-    outcome(
-        OpResult::Submitted {
-            task: Box::new(task),
-            created: false,
-            claimed: false,
-        },
-        vec![],
-    )
 }
 
 /// Applies every `Submit` of the batch: one multi-row insert, then per-op outcomes.
@@ -447,7 +433,7 @@ async fn submit_all(tx: &mut Tx<'_>, ops: &[WriteOp], out: &mut [Option<OpOutcom
             continue;
         };
         out[i] = Some(if inserted.contains(&p.id) {
-            created(tx, p).await?
+            created(&mut tx.events, p)
         } else {
             let user = p.user_id.as_deref().unwrap_or("");
             let task = find_by_key(tx, &p.key, user)
@@ -457,71 +443,6 @@ async fn submit_all(tx: &mut Tx<'_>, ops: &[WriteOp], out: &mut [Option<OpOutcom
         });
     }
     Ok(())
-}
-
-/// `(status, attempt, last_seq)` of a new task: claimed at once or pending.
-fn submit_shape(p: &SubmitParams) -> (TaskStatus, i64, i64) {
-    match p.claim {
-        Some(_) => (TaskStatus::Running, 1, 2),
-        None => (TaskStatus::Pending, 0, 1),
-    }
-}
-
-/// The outcome of a submit that inserted its task, with its first events.
-async fn created(tx: &mut Tx<'_>, p: &SubmitParams) -> Result<OpOutcome> {
-    let (status, attempt, last_seq) = submit_shape(p);
-    let mut new = vec![NewEvent::engine(EventKind::Created, json!({}))];
-    if p.claim.is_some() {
-        new.push(started_event(1));
-    }
-    let events = insert_events(tx, &p.id, 1, &new, p.now).await?;
-    let task = TaskInfo {
-        id: p.id.clone(),
-        name: p.name.clone(),
-        idempotency_key: p.key.clone(),
-        user_id: p.user_id.clone(),
-        input: p.input.clone(),
-        status,
-        attempt: u32::try_from(attempt).unwrap_or(0),
-        max_attempts: p.max_attempts,
-        result: None,
-        error: None,
-        last_seq: u64::try_from(last_seq).unwrap_or(0),
-        created_at: p.now,
-        updated_at: p.now,
-    };
-    Ok(outcome(
-        OpResult::Submitted {
-            task: Box::new(task),
-            created: true,
-            claimed: p.claim.is_some(),
-        },
-        events,
-    ))
-}
-
-/// Assigns consecutive seqs from `first_seq`; the rows are written by [`flush_events`].
-async fn insert_events(
-    tx: &mut Tx<'_>,
-    task_id: &str,
-    first_seq: i64,
-    events: &[NewEvent],
-    now: i64,
-) -> Result<Vec<TaskEvent>> {
-    let out: Vec<TaskEvent> = events
-        .iter()
-        .enumerate()
-        .map(|(i, ev)| TaskEvent {
-            task_id: task_id.to_owned(),
-            seq: u64::try_from(first_seq + i64::try_from(i).unwrap_or(0)).unwrap_or(0),
-            kind: ev.kind,
-            name: ev.name.clone(),
-            payload: ev.payload.clone(),
-            created_at: now,
-        })
-        .collect();
-    tx.events.extend(out.iter().cloned());
-    Ok(out)
 }
 
 async fn claim(tx: &mut Tx<'_>, p: &ClaimParams) -> Result<OpOutcome> {
@@ -580,9 +501,13 @@ async fn claim(tx: &mut Tx<'_>, p: &ClaimParams) -> Result<OpOutcome> {
         for row in &rows {
             let task = task_from_row(row)?;
             let seq = i64::try_from(task.last_seq).unwrap_or(i64::MAX);
-            events.extend(
-                insert_events(tx, &task.id, seq, &[started_event(task.attempt)], p.now).await?,
-            );
+            events.extend(append_events(
+                &mut tx.events,
+                &task.id,
+                seq,
+                &[started_event(task.attempt)],
+                p.now,
+            ));
             let (recovery, auto_recover) = chosen.get(&task.id).copied().unwrap_or_default();
             claimed.push(ClaimedTask {
                 task,
@@ -640,7 +565,7 @@ async fn emit(
         .execute(tx.conn())
         .await?;
     }
-    let events = insert_events(tx, &fence.task_id, first, events, now).await?;
+    let events = append_events(&mut tx.events, &fence.task_id, first, events, now);
     Ok(outcome(OpResult::Applied, events))
 }
 
@@ -694,7 +619,7 @@ async fn finish_all(tx: &mut Tx<'_>, ops: &[WriteOp], out: &mut [Option<OpOutcom
             None => outcome(OpResult::Fenced, vec![]),
             Some(&last) => {
                 let events = match event {
-                    Some(ev) => insert_events(tx, &task_id, last, &[ev], now).await?,
+                    Some(ev) => append_events(&mut tx.events, &task_id, last, &[ev], now),
                     None => vec![],
                 };
                 outcome(OpResult::Applied, events)
@@ -739,7 +664,7 @@ async fn control(tx: &mut Tx<'_>, id: &str, action: Control, now: i64) -> Result
     let Some(last) = last else {
         return Ok(unchanged());
     };
-    let events = insert_events(tx, id, last, &[event], now).await?;
+    let events = append_events(&mut tx.events, id, last, &[event], now);
     Ok(outcome(OpResult::Controlled { from, to }, events))
 }
 
@@ -802,7 +727,7 @@ async fn reap(tx: &mut Tx<'_>, now: i64, cutoff: i64, all: bool) -> Result<OpOut
         .fetch_optional(tx.conn())
         .await?;
         if let Some(last) = last {
-            events.extend(insert_events(tx, &id, last, &[event], now).await?);
+            events.extend(append_events(&mut tx.events, &id, last, &[event], now));
         }
     }
     let n = u64::try_from(events.len()).unwrap_or(0);

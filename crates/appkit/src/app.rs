@@ -253,8 +253,13 @@ impl App {
         let local = listener.local_addr().unwrap_or(addr);
         info!("listening on http://{local}");
         let http_close = CancellationToken::new();
+        // `with_state(())` once turns every handler into a `Route` now; serving the
+        // router through `into_make_service` then hands each connection a cheap clone.
+        // (Serving a `Router` directly calls `with_state(())` once per connection,
+        // which rebuilds the route table: several KiB kept per open connection.)
+        let make_service = started.router.with_state(()).into_make_service();
         let server = signals.spawn(
-            axum::serve(listener, started.router)
+            axum::serve(listener, make_service)
                 .with_graceful_shutdown(http_close.clone().cancelled_owned())
                 .into_future(),
         );

@@ -10,6 +10,10 @@
 //!    warmed-up idle server to the server holding every bridge, divided by the bridges.
 //!    It includes everything a bridge costs the server: the connection, the HTTP/SSE
 //!    stream, the keep-alive timer, the task's live channel and the task itself.
+//!    With `--shared-task true`, one task is started before the baseline and every
+//!    bridge is a `GET /api/demo/tasks/{key}/events` to it (same user), so the number is
+//!    the cost of an idle connection and SSE stream alone; the difference from the
+//!    default is the per-task cost.
 //! 2. **Shutdown** — opens `--shutdown-bridges` bridges (default 1,000) the same way,
 //!    sends SIGTERM and measures `shutdown_ms`, the time until the process exited. The
 //!    server runs with `TASKFLOW_DRAIN_TIMEOUT_MS=0` so the number measures the host's
@@ -38,6 +42,9 @@ pub(crate) struct Options {
     bridges: usize,
     shutdown_bridges: usize,
     connect_concurrency: usize,
+    /// Attach every phase-1 bridge to one shared task instead of one task each, to
+    /// separate the cost of a connection from the cost of a task.
+    shared_task: bool,
 }
 
 impl Options {
@@ -46,6 +53,7 @@ impl Options {
             bridges: flags.take("bridges", 10_000)?,
             shutdown_bridges: flags.take("shutdown-bridges", 1_000)?,
             connect_concurrency: flags.take("connect-concurrency", 128)?,
+            shared_task: flags.take("shared-task", false)?,
         };
         flags.finish()?;
         ensure!(
@@ -62,9 +70,20 @@ pub(crate) async fn run(opts: Options) -> Result<Value> {
     let mut server = Server::start(&binary, &[]).await?;
     // Warm up: one bridge opened and closed, so lazily built state is in the baseline.
     drop(open_bridges(server.addr, 1, 1, "warmup").await?);
+    // With --shared-task, one task (and its first bridge) is in the baseline too.
+    let shared = if opts.shared_task {
+        Some(open_shared_task(server.addr).await?)
+    } else {
+        None
+    };
     let idle_kib = server.rss_kib()?;
     let started = Instant::now();
-    let bridges = open_bridges(server.addr, opts.bridges, opts.connect_concurrency, "mem").await?;
+    let bridges = match &shared {
+        Some((_, key)) => {
+            open_attached(server.addr, key, opts.bridges, opts.connect_concurrency).await?
+        }
+        None => open_bridges(server.addr, opts.bridges, opts.connect_concurrency, "mem").await?,
+    };
     let open_s = started.elapsed().as_secs_f64();
     let loaded_kib = server.rss_kib()?;
     let per_bridge = loaded_kib.saturating_sub(idle_kib) as f64 / opts.bridges as f64;
@@ -73,6 +92,7 @@ pub(crate) async fn run(opts: Options) -> Result<Value> {
         opts.bridges
     );
     drop(bridges);
+    drop(shared);
     server.kill().await;
 
     eprintln!(
@@ -117,6 +137,7 @@ pub(crate) async fn run(opts: Options) -> Result<Value> {
     Ok(json!({
         "mode": "sse",
         "bridges": opts.bridges,
+        "shared_task": opts.shared_task,
         "bridges_open_s": round(open_s),
         "server_rss_idle_kib": idle_kib,
         "server_rss_loaded_kib": loaded_kib,
@@ -273,6 +294,81 @@ async fn open_bridge(addr: std::net::SocketAddr, user: String, body: String) -> 
         ensure!(text.starts_with("HTTP/1.1 200"), "bridge refused: {text}");
         if text.contains("event: ready") {
             return Ok(stream);
+        }
+    }
+}
+
+/// The user that owns the shared task of `--shared-task`.
+const SHARED_USER: &str = "bench-shared";
+
+/// Starts the one task of `--shared-task`; returns its first bridge and its key.
+async fn open_shared_task(addr: std::net::SocketAddr) -> Result<(TcpStream, String)> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let body = json!({ "ms": 3_000_000 }).to_string();
+    let request = format!(
+        "POST /api/demo/sleep HTTP/1.1\r\nHost: {addr}\r\nX-Forwarded-User: {SHARED_USER}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nAccept: text/event-stream\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let text = read_until_ready(&mut stream).await?;
+    let key = text
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("x-appkit-task-idempotency-key")
+                .then(|| value.trim().to_owned())
+        })
+        .context("no X-Appkit-Task-Idempotency-Key header on the shared task's bridge")?;
+    Ok((stream, key))
+}
+
+/// Opens `n` bridges to the existing task `key`, `concurrency` at a time.
+async fn open_attached(
+    addr: std::net::SocketAddr,
+    key: &str,
+    n: usize,
+    concurrency: usize,
+) -> Result<Vec<TcpStream>> {
+    let mut streams = Vec::with_capacity(n);
+    let mut pending = JoinSet::new();
+    let mut next = 0;
+    while streams.len() < n {
+        while next < n && pending.len() < concurrency.max(1) {
+            let request = format!(
+                "GET /api/demo/tasks/{key}/events HTTP/1.1\r\nHost: {addr}\r\n\
+                 X-Forwarded-User: {SHARED_USER}\r\nAccept: text/event-stream\r\n\r\n"
+            );
+            pending.spawn(async move {
+                let mut stream = TcpStream::connect(addr).await?;
+                stream.write_all(request.as_bytes()).await?;
+                read_until_ready(&mut stream).await?;
+                Ok::<_, anyhow::Error>(stream)
+            });
+            next += 1;
+        }
+        match pending.join_next().await {
+            Some(r) => streams.push(r??),
+            None => bail!("no bridge left to open"),
+        }
+    }
+    Ok(streams)
+}
+
+/// Reads a bridge's response until its `ready` frame; returns what was read.
+async fn read_until_ready(stream: &mut TcpStream) -> Result<String> {
+    let mut seen = Vec::with_capacity(512);
+    let mut buf = [0u8; 512];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(60), stream.read(&mut buf))
+            .await
+            .context("no ready frame within 60 s")??;
+        ensure!(n > 0, "server closed the bridge before its ready frame");
+        seen.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&seen);
+        ensure!(text.starts_with("HTTP/1.1 200"), "bridge refused: {text}");
+        if text.contains("event: ready") {
+            return Ok(text.into_owned());
         }
     }
 }

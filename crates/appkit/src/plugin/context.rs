@@ -218,13 +218,9 @@ impl PluginContext {
 
     async fn open_bridge(&self, key: String, user: &UserContext, after: u64) -> Result<Response> {
         let taskflow = &self.inner.taskflow;
-        let task = taskflow.status(&key, Some(user.id())).await?;
-        // Nothing follows a terminal event: the stream is just `ready`.
-        let events = if task.status.is_terminal() && after == task.last_seq {
-            None
-        } else {
-            Some(taskflow.subscribe(&key, Some(user.id()), after).await?)
-        };
+        // A cursor at a finished task's last event gives an already-ended stream, so the
+        // bridge answers just `ready` and closes.
+        let events = taskflow.subscribe(&key, Some(user.id()), after).await?;
         let guard = self
             .inner
             .bridges

@@ -20,8 +20,8 @@ use crate::error::{Error, REDACTED_MESSAGE};
 pub(crate) struct BridgeParams {
     /// The task's idempotency key (header and `ready` frame).
     pub(crate) key: String,
-    /// The task's events after the resume cursor; `None` when the task ended at the cursor.
-    pub(crate) events: Option<EventStream>,
+    /// The task's events after the resume cursor.
+    pub(crate) events: EventStream,
     /// The bridge's registration.
     pub(crate) guard: BridgeGuard,
     /// Redact in-band error messages (production).
@@ -64,7 +64,7 @@ enum Phase {
 struct State {
     phase: Phase,
     key: String,
-    events: Option<EventStream>,
+    events: EventStream,
     guard: BridgeGuard,
     redact: bool,
 }
@@ -97,15 +97,10 @@ async fn next_frame(st: &mut State) -> Option<Event> {
     }
     let drain = st.guard.drain_token().clone();
     loop {
-        let Some(events) = st.events.as_mut() else {
-            st.phase = Phase::Done;
-            st.guard.finish(Outcome::TaskEnded);
-            return None;
-        };
         let next = tokio::select! {
             biased;
             () = drain.cancelled() => None,
-            next = events.next() => Some(next),
+            next = st.events.next() => Some(next),
         };
         let Some(next) = next else {
             return Some(close(st, Outcome::Closed, SHUTTING_DOWN_MESSAGE.to_owned()));

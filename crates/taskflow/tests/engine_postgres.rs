@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,32 +14,6 @@ use common::*;
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use taskflow::{PostgresStore, SubmitOptions, Submitted, TaskContext, TaskError, TaskFlow};
-
-async fn schema_pool() -> Option<(PgConnectOptions, String)> {
-    let Ok(url) = std::env::var("TEST_DATABASE_URL") else {
-        eprintln!("skipped: TEST_DATABASE_URL is not set");
-        return None;
-    };
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&url)
-        .await
-        .unwrap();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let schema = format!("tf_{now}_{}", fastrand::u64(..));
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let opts = PgConnectOptions::from_str(&url)
-        .unwrap()
-        .options([("search_path", schema.as_str())]);
-    Some((opts, schema))
-}
 
 async fn node(opts: &PgConnectOptions, runs: Arc<Mutex<HashMap<String, Vec<String>>>>) -> TaskFlow {
     let pool: PgPool = PgPoolOptions::new()
@@ -82,7 +55,7 @@ async fn node(opts: &PgConnectOptions, runs: Arc<Mutex<HashMap<String, Vec<Strin
 
 #[tokio::test]
 async fn two_nodes_run_each_task_once_and_stream_across_nodes() {
-    let Some((opts, _schema)) = schema_pool().await else {
+    let Some(opts) = pg_schema().await else {
         return;
     };
     let runs = Arc::new(Mutex::new(HashMap::new()));
@@ -127,7 +100,7 @@ async fn two_nodes_run_each_task_once_and_stream_across_nodes() {
 
 #[tokio::test]
 async fn concurrent_submits_of_one_key_on_two_nodes_create_one_task() {
-    let Some((opts, _schema)) = schema_pool().await else {
+    let Some(opts) = pg_schema().await else {
         return;
     };
     let runs = Arc::new(Mutex::new(HashMap::new()));
@@ -156,7 +129,7 @@ async fn concurrent_submits_of_one_key_on_two_nodes_create_one_task() {
 async fn a_dead_nodes_expired_lease_is_recovered_by_another_node() {
     use taskflow::Store;
     use taskflow::store::{ClaimNow, SubmitParams, WriteOp};
-    let Some((opts, _schema)) = schema_pool().await else {
+    let Some(opts) = pg_schema().await else {
         return;
     };
     // A node claimed the task and died: its lease runs out in 300 ms and is never renewed.

@@ -103,3 +103,46 @@ pub fn assert_gapless(events: &[TaskEvent], from: u64) {
         );
     }
 }
+
+/// Connect options for a fresh schema in the database at `TEST_DATABASE_URL`, so tests
+/// run in parallel without seeing each other's rows; `None` (after saying so) when the
+/// variable is unset. Schemas left by runs older than an hour are dropped on the way.
+pub async fn pg_schema() -> Option<sqlx::postgres::PgConnectOptions> {
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    use std::str::FromStr;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    let Ok(url) = std::env::var("TEST_DATABASE_URL") else {
+        eprintln!("skipped: TEST_DATABASE_URL is not set");
+        return None;
+    };
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let old: Vec<String> =
+        sqlx::query_scalar("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'tf\\_%\\_%'")
+            .fetch_all(&admin)
+            .await
+            .unwrap();
+    for schema in old {
+        let stamp = schema.split('_').nth(1).and_then(|s| s.parse::<u64>().ok());
+        if stamp.is_some_and(|t| t + 3600 < now) {
+            let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+            let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&admin).await;
+        }
+    }
+    let schema = format!("tf_{now}_{}", fastrand::u64(..));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let opts = PgConnectOptions::from_str(&url).unwrap();
+    Some(opts.options([("search_path", schema.as_str())]))
+}

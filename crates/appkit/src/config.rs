@@ -91,6 +91,9 @@ pub struct TaskflowSettings {
     pub retry_cap: Duration,
     /// Interval of the expired-lease scan (`TASKFLOW_REAP_INTERVAL_MS`).
     pub reap_interval: Duration,
+    /// Recoveries a task may have (its process died or lost its lease) before it fails
+    /// with kind `recovery_limit` (`TASKFLOW_MAX_RECOVERIES`).
+    pub max_recoveries: u32,
 }
 
 impl Default for TaskflowSettings {
@@ -103,6 +106,7 @@ impl Default for TaskflowSettings {
             retry_base: taskflow::DEFAULT_RETRY_BASE,
             retry_cap: taskflow::DEFAULT_RETRY_CAP,
             reap_interval: taskflow::DEFAULT_REAP_INTERVAL,
+            max_recoveries: taskflow::DEFAULT_MAX_RECOVERIES,
         }
     }
 }
@@ -254,6 +258,11 @@ impl Config {
                 positive_ms,
                 d.taskflow.reap_interval,
             ),
+            max_recoveries: r.value(
+                "TASKFLOW_MAX_RECOVERIES",
+                parse_count,
+                d.taskflow.max_recoveries,
+            ),
         };
         let tasks_store = r.store(d.tasks_store);
         let tasks_schema = r.value("APPKIT_TASKS_SCHEMA", parse_schema, None);
@@ -317,7 +326,8 @@ impl Config {
             .stop_grace(t.stop_grace)
             .retry_base(t.retry_base)
             .retry_cap(t.retry_cap)
-            .reap_interval(t.reap_interval);
+            .reap_interval(t.reap_interval)
+            .max_recoveries(t.max_recoveries);
         if let Some(limit) = self.rate_limit_per_user {
             config = config.user_rate_limit(limit);
         }
@@ -487,6 +497,11 @@ fn positive_ms(v: &str) -> Result<Duration, String> {
         Ok(n) if n > 0 => Ok(Duration::from_millis(n)),
         _ => Err("a whole number of milliseconds, at least 1".to_owned()),
     }
+}
+
+fn parse_count(v: &str) -> Result<u32, String> {
+    v.parse::<u32>()
+        .map_err(|_| "a whole number from 0 to 4294967295".to_owned())
 }
 
 fn parse_bool(v: &str) -> Result<bool, String> {

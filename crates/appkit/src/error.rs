@@ -62,7 +62,9 @@ pub enum Error {
     #[error("server is shutting down")]
     ShuttingDown,
     /// The task store cannot be reached (503); the server keeps running and recovers when
-    /// it answers again. Holds the engine's [`taskflow::Error::StoreUnavailable`].
+    /// it answers again. Holds the engine's [`taskflow::Error::StoreUnavailable`] or
+    /// [`taskflow::Error::OutcomeUnknown`]. A store that answers with a failure (a bug,
+    /// corrupt data) is [`Error::Task`] instead: 500, since retrying will not help.
     #[error(transparent)]
     StoreUnavailable(taskflow::Error),
     /// The Lakebase database failed: 503 while it is closed, unreachable, slow or its
@@ -176,7 +178,7 @@ impl From<taskflow::Error> for Error {
             T::InvalidTransition { .. } => Self::Conflict(e.to_string()),
             T::Rejected { retry_after, .. } => Self::RateLimited { retry_after },
             T::ShuttingDown => Self::ShuttingDown,
-            T::StoreUnavailable(_) => Self::StoreUnavailable(e),
+            T::StoreUnavailable(_) | T::OutcomeUnknown => Self::StoreUnavailable(e),
             other => Self::Task(other),
         }
     }
@@ -345,6 +347,14 @@ mod tests {
             (
                 taskflow::Error::Locked { path: "x".into() },
                 StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+            (
+                taskflow::Error::Corrupt("unknown task status `x`".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+            (
+                taskflow::Error::OutcomeUnknown,
+                StatusCode::SERVICE_UNAVAILABLE,
             ),
             (
                 taskflow::Error::StoreUnavailable(std::sync::Arc::new(

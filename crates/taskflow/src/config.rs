@@ -30,6 +30,9 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(3600);
 /// Default bound on pending tasks before submissions are rejected.
 pub const DEFAULT_MAX_PENDING: u64 = 100_000;
+/// Default number of times a task may be recovered after its process died or lost its
+/// lease before it fails with kind `recovery_limit`.
+pub const DEFAULT_MAX_RECOVERIES: u32 = 20;
 
 /// Engine settings, with consuming setters.
 ///
@@ -60,6 +63,8 @@ pub struct Config {
     pub(crate) retention: Duration,
     pub(crate) purge_interval: Duration,
     pub(crate) max_pending: u64,
+    pub(crate) max_recoveries: u32,
+    pub(crate) run_tasks: bool,
     pub(crate) rate_limit: Option<RateLimit>,
     pub(crate) user_rate_limit: Option<RateLimit>,
 }
@@ -81,6 +86,8 @@ impl Default for Config {
             retention: DEFAULT_RETENTION,
             purge_interval: DEFAULT_PURGE_INTERVAL,
             max_pending: DEFAULT_MAX_PENDING,
+            max_recoveries: DEFAULT_MAX_RECOVERIES,
+            run_tasks: true,
             rate_limit: None,
             user_rate_limit: None,
         }
@@ -156,6 +163,21 @@ impl Config {
     setter!(
         /// Submissions are rejected while about this many tasks are pending (default 100 000).
         max_pending: u64
+    );
+
+    setter!(
+        /// Times a task may be recovered after its process died or lost its lease
+        /// (default 20), for tasks whose [`TaskOptions`](crate::TaskOptions) set no limit
+        /// of their own. Recoveries never spend the task's `max_attempts`, which count
+        /// only handler failures; past this limit the task fails with kind
+        /// `recovery_limit`, so a task that kills its process cannot crash-loop forever.
+        max_recoveries: u32
+    );
+    setter!(
+        /// Whether this node claims and runs tasks (default `true`). A node with `false`
+        /// still submits, answers status and streams events, and leaves running to the
+        /// other nodes sharing its (Postgres) store.
+        run_tasks: bool
     );
 
     /// Limits submissions across all users.

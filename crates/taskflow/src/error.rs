@@ -11,7 +11,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// Variants are named by cause. Handlers do not return this type; they return
 /// [`TaskError`](crate::TaskError), whose variants decide what happens to the attempt.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The input was refused by validation (name, size, key form, reserved event name…).
@@ -69,18 +69,35 @@ pub enum Error {
         /// The lock file.
         path: String,
     },
-    /// The store failed or could not be reached.
+    /// The store could not be reached or is temporarily unable to answer (connection
+    /// refused or lost, pool exhausted, database restarting, disk full, lock timeout).
+    /// Trying again later may succeed.
     #[error("task store unavailable")]
     StoreUnavailable(#[source] std::sync::Arc<sqlx::Error>),
+    /// A store statement failed for a reason that retrying will not fix (a bug or a schema
+    /// that does not match this version).
+    #[error("task store query failed")]
+    Store(#[source] std::sync::Arc<sqlx::Error>),
+    /// The store holds a value this version cannot read (an unknown status, a malformed
+    /// JSON column, a negative counter).
+    #[error("corrupt task store data: {0}")]
+    Corrupt(String),
+    /// The engine reached a state it considers impossible; a bug.
+    #[error("internal task engine error: {0}")]
+    Internal(String),
+    /// A write's COMMIT failed and the store did not answer, before the deadline, whether
+    /// it had committed: the write may or may not have happened.
+    #[error("task store did not confirm whether the write committed")]
+    OutcomeUnknown,
     /// Applying the store's migrations failed.
     #[error("task store migration failed")]
     Migration(#[source] std::sync::Arc<sqlx::migrate::MigrateError>),
     /// A stored JSON value or input could not be (de)serialized.
     #[error("json encoding failed")]
-    Json(#[from] serde_json::Error),
+    Json(#[source] std::sync::Arc<serde_json::Error>),
     /// A file needed by the store could not be opened.
     #[error("task store file error")]
-    Io(#[from] std::io::Error),
+    Io(#[source] std::sync::Arc<std::io::Error>),
 }
 
 impl Error {
@@ -100,9 +117,88 @@ impl Error {
     }
 }
 
+impl Error {
+    pub(crate) fn corrupt(what: impl Into<String>) -> Self {
+        Self::Corrupt(what.into())
+    }
+
+    pub(crate) fn internal(what: impl Into<String>) -> Self {
+        Self::Internal(what.into())
+    }
+
+    /// A store failure made up by a test's armed fault (see `testing::Faults`).
+    pub(crate) fn injected(what: &str) -> Self {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            format!("injected fault: {what}"),
+        );
+        Self::StoreUnavailable(std::sync::Arc::new(sqlx::Error::Io(io)))
+    }
+
+    /// `true` when the store is unreachable or temporarily unable to answer, so trying
+    /// again later may succeed (HTTP hosts answer 503 for these).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::StoreUnavailable(_) | Self::ShuttingDown | Self::OutcomeUnknown
+        )
+    }
+}
+
+/// Classifies store errors by cause, the same way for both backends: unreachable or
+/// transient → [`Error::StoreUnavailable`]; unreadable data → [`Error::Corrupt`];
+/// anything else → [`Error::Store`].
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
-        Self::StoreUnavailable(std::sync::Arc::new(e))
+        use sqlx::Error as E;
+        match &e {
+            E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => {
+                Self::StoreUnavailable(std::sync::Arc::new(e))
+            }
+            E::Database(db) if db.code().as_deref().is_some_and(transient_code) => {
+                Self::StoreUnavailable(std::sync::Arc::new(e))
+            }
+            E::Database(db) if db.code().as_deref().is_some_and(corrupt_code) => {
+                Self::Corrupt(db.message().to_owned())
+            }
+            E::ColumnDecode { .. } | E::Decode(_) | E::ColumnNotFound(_) => {
+                Self::Corrupt(e.to_string())
+            }
+            _ => Self::Store(std::sync::Arc::new(e)),
+        }
+    }
+}
+
+/// SQLSTATE classes and codes (Postgres) and result codes (SQLite, numeric) that mean
+/// "not now" rather than "never".
+fn transient_code(code: &str) -> bool {
+    if let Ok(n) = code.parse::<u32>() {
+        // SQLite: BUSY, LOCKED, NOMEM, IOERR, FULL, CANTOPEN, PROTOCOL (primary codes).
+        return matches!(n & 0xff, 5 | 6 | 7 | 10 | 13 | 14 | 15);
+    }
+    code.starts_with("08") // connection exception
+        || code.starts_with("53") // insufficient resources
+        || code.starts_with("57P") // admin / crash shutdown, cannot connect now
+        || matches!(code, "40001" | "40P01" | "55P03" | "25006")
+}
+
+/// SQLite's CORRUPT and NOTADB; Postgres' data_corrupted and index_corrupted.
+fn corrupt_code(code: &str) -> bool {
+    match code.parse::<u32>() {
+        Ok(n) => matches!(n & 0xff, 11 | 26),
+        Err(_) => matches!(code, "XX001" | "XX002"),
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Self::Json(std::sync::Arc::new(e))
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(std::sync::Arc::new(e))
     }
 }
 

@@ -142,12 +142,13 @@ pub struct TaskContext {
 pub(crate) struct ContextInner {
     pub(crate) writer: Writer,
     pub(crate) fence: Fence,
+    pub(crate) attempt: u32,
     pub(crate) name: String,
     pub(crate) key: String,
     pub(crate) owner: Option<String>,
     pub(crate) recovery: bool,
     pub(crate) token: CancellationToken,
-    pub(crate) user: Option<Arc<dyn Any + Send + Sync>>,
+    pub(crate) user: Option<crate::node::local::UserContext>,
     pub(crate) checkpoints: HashMap<String, Value>,
     pub(crate) used_steps: Mutex<HashSet<String>>,
     pub(crate) step_events: Mutex<Option<Vec<NewEvent>>>,
@@ -158,7 +159,7 @@ impl fmt::Debug for TaskContext {
         f.debug_struct("TaskContext")
             .field("task_id", &self.inner.fence.task_id)
             .field("name", &self.inner.name)
-            .field("attempt", &self.inner.fence.attempt)
+            .field("attempt", &self.inner.attempt)
             .finish_non_exhaustive()
     }
 }
@@ -190,9 +191,11 @@ impl TaskContext {
         self.inner.owner.as_deref()
     }
 
-    /// This attempt's number, starting at 1.
+    /// This attempt's number, starting at 1. Only handler failures (an error, a panic, a
+    /// timeout) move it on; a run interrupted by its process dying, a lost lease or a
+    /// shutdown gets the same number again (see [`is_recovery`](Self::is_recovery)).
     pub fn attempt(&self) -> u32 {
-        self.inner.fence.attempt
+        self.inner.attempt
     }
 
     /// `true` when the previous run of this task ended abnormally (its process died, it
@@ -304,7 +307,7 @@ impl TaskContext {
             "taskflow.step",
             task.name = %self.inner.name,
             task.id = %self.inner.fence.task_id,
-            task.attempt = self.inner.fence.attempt,
+            task.attempt = self.inner.attempt,
             step.name = %name,
         );
         let out = fut.instrument(span).await;

@@ -18,30 +18,36 @@
 //! ```
 //!
 //! Start with [`TaskFlow`]. The engine knows nothing of HTTP; the `appkit` host turns its
-//! streams into SSE.
+//! streams into SSE. How the engine is built inside is mapped in `docs/architecture.md`.
 
+mod backoff;
 mod config;
 mod delivery;
-mod engine;
 mod error;
 mod event;
 mod execution;
+mod flow;
 mod guard;
 mod handler;
 mod key;
 mod metrics;
-pub mod store;
+mod node;
+mod services;
+#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
+mod store;
 mod task;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use config::*;
 pub use delivery::EventStream;
-pub use engine::TaskFlow;
 pub use error::{Error, Result};
 pub use event::{EventKind, NewEvent, RESERVED_EVENT_NAMES, TaskEvent};
+pub use flow::{NodeStats, TaskFlow};
 pub use guard::{MAX_KEY_LEN, MAX_PAYLOAD_BYTES, RateLimit};
 pub use handler::{TaskContext, TaskError, TaskErrorKind};
 pub use key::idempotency_key;
-pub use store::{PostgresStore, SqliteStore, SqliteSynchronous, Store};
+pub use store::{Backend, PostgresStore, SqliteStore, SqliteSynchronous, Store};
 pub use task::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT, IdempotencyMode, SubmitOptions, Submitted, TaskHandle,
     TaskInfo, TaskOptions, TaskStatus,

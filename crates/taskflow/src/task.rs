@@ -79,10 +79,14 @@ pub struct TaskInfo {
     pub input: serde_json::Value,
     /// Current state.
     pub status: TaskStatus,
-    /// Number of attempts started so far.
+    /// The current (or last) attempt's number: attempts whose handler ran and failed, plus
+    /// one while running. A recovery or a shutdown release gives its attempt back.
     pub attempt: u32,
-    /// Attempts allowed before the task is dead-lettered.
+    /// Attempts allowed before the task is dead-lettered (handler failures only).
     pub max_attempts: u32,
+    /// Times the task was recovered after its process died or lost its lease. Counted
+    /// apart from attempts: a recovery gives the attempt back.
+    pub recoveries: u32,
     /// The handler's result, once completed.
     pub result: Option<serde_json::Value>,
     /// The last error (`{"message", "kind"}`), once failed or while retrying.
@@ -225,6 +229,7 @@ pub struct TaskOptions {
     pub(crate) timeout: Duration,
     pub(crate) auto_recover: bool,
     pub(crate) max_concurrency: Option<usize>,
+    pub(crate) max_recoveries: Option<u32>,
 }
 
 impl Default for TaskOptions {
@@ -234,6 +239,7 @@ impl Default for TaskOptions {
             timeout: DEFAULT_TIMEOUT,
             auto_recover: true,
             max_concurrency: None,
+            max_recoveries: None,
         }
     }
 }
@@ -267,6 +273,14 @@ impl TaskOptions {
     /// At most `n` tasks of this name run at once on one node.
     pub fn max_concurrency(mut self, n: usize) -> Self {
         self.max_concurrency = Some(n.max(1));
+        self
+    }
+
+    /// Times a task of this name may be recovered after its process died or lost its
+    /// lease (default: the engine's [`Config::max_recoveries`](crate::Config::max_recoveries),
+    /// 20). Past it the task fails with kind `recovery_limit`.
+    pub fn max_recoveries(mut self, n: u32) -> Self {
+        self.max_recoveries = Some(n);
         self
     }
 }

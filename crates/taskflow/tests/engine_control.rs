@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use taskflow::store::{ClaimBudget, ClaimParams, OpResult, WriteOp};
+use taskflow::testing::{ClaimBudget, ClaimParams, OpResult, WriteOp};
 use taskflow::{
-    Config, Error, RateLimit, SqliteStore, Store, SubmitOptions, TaskContext, TaskError, TaskFlow,
+    Config, Error, RateLimit, SqliteStore, SubmitOptions, TaskContext, TaskError, TaskFlow,
     TaskOptions, TaskStatus,
 };
 
@@ -268,8 +268,8 @@ async fn shutdown_releases_running_tasks_without_spending_an_attempt() {
     assert_gapless(&events, 0);
     assert_eq!(
         events[3].payload,
-        json!({"attempt": 1}),
-        "the released attempt runs again"
+        json!({"attempt": 1, "recovery": true, "recoveries": 0}),
+        "the released attempt runs again, and a release is not a recovery"
     );
     assert!(recovered.load(Ordering::SeqCst));
     assert_eq!(bodies.load(Ordering::SeqCst), 3);
@@ -290,14 +290,15 @@ async fn startup_recovers_tasks_a_dead_process_left_running() {
         )
         .unwrap();
         flow.shutdown().await;
-        let store = SqliteStore::open(&path).await.unwrap();
-        let submit = taskflow::store::SubmitParams {
+        let store = taskflow::testing::storage(SqliteStore::open(&path).await.unwrap());
+        let submit = taskflow::testing::SubmitParams {
             id: "dead-1".into(),
             name: "work".into(),
             key: "k-dead".into(),
             user_id: None,
             input: json!(null),
             max_attempts: 3,
+            max_recoveries: 20,
             auto_recover: true,
             mode: taskflow::IdempotencyMode::AtLeastOnce,
             now: i64::try_from(
@@ -307,7 +308,7 @@ async fn startup_recovers_tasks_a_dead_process_left_running() {
                     .as_millis(),
             )
             .unwrap(),
-            claim: Some(taskflow::store::ClaimNow {
+            claim: Some(taskflow::testing::ClaimNow {
                 node: "dead-node".into(),
                 lease_until: i64::MAX,
             }),
@@ -333,19 +334,25 @@ async fn startup_recovers_tasks_a_dead_process_left_running() {
         names(&events),
         ["created", "started", "retrying", "started", "completed"]
     );
-    assert_eq!(events[3].payload, json!({"attempt": 2}));
+    assert_eq!(
+        events[3].payload,
+        json!({"attempt": 1, "recovery": true, "recoveries": 1}),
+        "a process death does not spend the attempt; it counts a recovery"
+    );
+    let task = flow.status("k-dead", None).await.unwrap();
+    assert_eq!((task.attempt, task.recoveries), (1, 1));
     flow.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_runner_that_lost_its_lease_is_stopped_and_its_writes_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(
+    let store = taskflow::testing::storage(
         SqliteStore::open(dir.path().join("tasks.db"))
             .await
             .unwrap(),
     );
-    let flow = TaskFlow::start_shared(store.clone(), fast_config())
+    let flow = taskflow::testing::start_on(store.clone(), fast_config())
         .await
         .unwrap();
     let first_saw_cancel = Arc::new(AtomicBool::new(false));
@@ -356,14 +363,15 @@ async fn a_runner_that_lost_its_lease_is_stopped_and_its_writes_refused() {
         move |ctx: TaskContext, _: ()| {
             let f = f.clone();
             async move {
-                if ctx.attempt() == 1 {
+                if !ctx.is_recovery() {
                     ctx.cancelled().await;
                     f.store(true, Ordering::SeqCst);
                     let refused = ctx.emit("zombie", 1).await;
                     assert!(matches!(refused, Err(Error::Fenced)), "{refused:?}");
                     return Ok(json!("zombie result"));
                 }
-                Ok::<_, TaskError>(json!({"attempt": ctx.attempt()}))
+                let recovery = ctx.is_recovery();
+                Ok::<_, TaskError>(json!({"attempt": ctx.attempt(), "recovery": recovery}))
             }
         },
     )
@@ -396,8 +404,8 @@ async fn a_runner_that_lost_its_lease_is_stopped_and_its_writes_refused() {
     );
     assert_eq!(
         events[4].payload,
-        json!({"result": {"attempt": 2}}),
-        "the zombie's result was refused"
+        json!({"result": {"attempt": 1, "recovery": true}}),
+        "the zombie's result was refused, though it ran the same attempt number"
     );
     wait_for("the stale runner to be told", || async {
         first_saw_cancel.load(Ordering::SeqCst).then_some(())

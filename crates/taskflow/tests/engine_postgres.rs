@@ -127,8 +127,7 @@ async fn concurrent_submits_of_one_key_on_two_nodes_create_one_task() {
 
 #[tokio::test]
 async fn a_dead_nodes_expired_lease_is_recovered_by_another_node() {
-    use taskflow::Store;
-    use taskflow::store::{ClaimNow, SubmitParams, WriteOp};
+    use taskflow::testing::{ClaimNow, SubmitParams, WriteOp};
     let Some(opts) = pg_schema().await else {
         return;
     };
@@ -138,7 +137,7 @@ async fn a_dead_nodes_expired_lease_is_recovered_by_another_node() {
         .connect_with(opts.clone())
         .await
         .unwrap();
-    let dead = PostgresStore::new(pool).await.unwrap();
+    let dead = taskflow::testing::storage(PostgresStore::new(pool).await.unwrap());
     let now = i64::try_from(
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -153,6 +152,7 @@ async fn a_dead_nodes_expired_lease_is_recovered_by_another_node() {
         user_id: None,
         input: json!(2),
         max_attempts: 3,
+        max_recoveries: 20,
         auto_recover: true,
         mode: taskflow::IdempotencyMode::AtLeastOnce,
         now,
@@ -180,7 +180,10 @@ async fn a_dead_nodes_expired_lease_is_recovered_by_another_node() {
         ]
     );
     assert_eq!(events[2].payload["error"]["kind"], "lease_expired");
-    assert_eq!(events[3].payload, json!({"attempt": 2}));
+    assert_eq!(
+        events[3].payload,
+        json!({"attempt": 1, "recovery": true, "recoveries": 1})
+    );
     assert_eq!(runs.lock().unwrap().len(), 1);
     b.shutdown().await;
 }

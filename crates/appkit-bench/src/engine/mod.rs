@@ -56,8 +56,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use taskflow::{
-    Config, DEFAULT_MAX_PENDING, PostgresStore, SqliteStore, Store, TaskContext, TaskError,
-    TaskFlow, TaskOptions,
+    Config, DEFAULT_MAX_PENDING, PostgresStore, SqliteStore, TaskContext, TaskError, TaskFlow,
+    TaskOptions,
 };
 
 use self::recorder::Recorder;
@@ -149,15 +149,20 @@ struct Report {
 /// Runs both phases and returns the report as one JSON line.
 pub(crate) async fn run(opts: Options) -> Result<String> {
     let dir = tempfile::tempdir()?;
-    let store: Arc<dyn Store> = match opts.store {
-        StoreKind::Sqlite => Arc::new(SqliteStore::open(dir.path().join("tasks.db")).await?),
-        StoreKind::Postgres => Arc::new(postgres_store().await?),
-    };
     let pending_bound = DEFAULT_MAX_PENDING.max(u64::try_from(opts.tasks)?.saturating_mul(2));
     let config = Config::default()
         .global_slots(opts.slots)
         .max_pending(pending_bound);
-    let flow = TaskFlow::start_shared(store, config).await?;
+    let flow = match opts.store {
+        StoreKind::Sqlite => {
+            TaskFlow::start(
+                SqliteStore::open(dir.path().join("tasks.db")).await?,
+                config,
+            )
+            .await?
+        }
+        StoreKind::Postgres => TaskFlow::start(postgres_store().await?, config).await?,
+    };
     let rec = Arc::new(Recorder::new(opts.tasks + opts.latency_tasks(), opts.tasks));
     register(&flow, &rec)?;
     let progress = tokio::spawn(progress(rec.clone(), opts.tasks));

@@ -15,7 +15,7 @@ use super::hub::{Live, Subscription};
 use crate::error::{Error, Result};
 use crate::event::TaskEvent;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::Storage;
 
 /// Events read from the store per round trip during replay.
 const REPLAY_PAGE: u32 = 256;
@@ -49,7 +49,7 @@ impl Stream for EventStream {
 }
 
 struct State {
-    store: Arc<dyn Store>,
+    store: Arc<dyn Storage>,
     task_id: String,
     after: u64,
     sub: Subscription,
@@ -71,7 +71,7 @@ impl Drop for ActiveGuard {
 /// Builds the stream; `sub` must be registered before this is called (live first).
 pub(crate) fn open(
     ended: bool,
-    store: Arc<dyn Store>,
+    store: Arc<dyn Storage>,
     task_id: String,
     after: u64,
     sub: Subscription,

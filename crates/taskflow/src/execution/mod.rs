@@ -1,7 +1,4 @@
-//! Running tasks: slots, the claim loop, one runner per attempt, leases and recovery.
+//! Running tasks: the claim loop and one runner per attempt.
 
 pub(crate) mod executor;
-pub(crate) mod maintenance;
-pub(crate) mod retry;
 pub(crate) mod runner;
-pub(crate) mod slots;

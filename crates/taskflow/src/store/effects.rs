@@ -1,149 +1,103 @@
-//! What each state change does, shared by the backends so they cannot drift apart.
+//! What each state change does — the columns it writes and the event it commits — as
+//! pure functions, shared by every op of [`batch`](super::batch).
 
 use serde_json::{Value, json};
 
-use super::{Control, Fence, Finish, OpOutcome, OpResult, SubmitParams, started_event};
-use crate::event::{EventKind, NewEvent, TaskEvent};
-use crate::task::{TaskInfo, TaskStatus};
+use super::ops::{Control, Finish, SubmitParams};
+use super::rows::ReapRow;
+use crate::event::{EventKind, NewEvent};
+use crate::task::TaskStatus;
 
-/// An op's outcome.
-pub(crate) fn outcome(result: OpResult, events: Vec<TaskEvent>) -> OpOutcome {
-    OpOutcome { result, events }
+/// Payload of the `started` event: the attempt and, when the previous run ended
+/// abnormally, `recovery: true` with the number of recoveries so far.
+pub(crate) fn started_event(attempt: u32, recovery: bool, recoveries: u32) -> NewEvent {
+    let payload = if recovery {
+        json!({ "attempt": attempt, "recovery": true, "recoveries": recoveries })
+    } else {
+        json!({ "attempt": attempt })
+    };
+    NewEvent::engine(EventKind::Started, payload)
 }
 
-/// The outcome of a submit that attached to `task`.
-pub(crate) fn existing(task: TaskInfo) -> OpOutcome {
-    outcome(
-        OpResult::Submitted {
-            task: Box::new(task),
-            created: false,
-            claimed: false,
-        },
-        vec![],
-    )
-}
-
-/// `(status, attempt, last_seq)` of a new task: claimed at once or pending.
-pub(crate) fn submit_shape(p: &SubmitParams) -> (TaskStatus, u32, u64) {
+/// `(status, attempt, epoch, last_seq)` of a new task: claimed at once or pending.
+pub(crate) fn submit_shape(p: &SubmitParams) -> (TaskStatus, u32, u32, u64) {
     match p.claim {
-        Some(_) => (TaskStatus::Running, 1, 2),
-        None => (TaskStatus::Pending, 0, 1),
+        Some(_) => (TaskStatus::Running, 1, 1, 2),
+        None => (TaskStatus::Pending, 0, 0, 1),
     }
 }
 
-/// Gives `events` consecutive seqs from `first_seq` and queues them in `batch` (the
-/// backend writes a batch's events in bulk before it commits).
-pub(crate) fn append_events(
-    batch: &mut Vec<TaskEvent>,
-    task_id: &str,
-    first_seq: i64,
-    events: &[NewEvent],
-    now: i64,
-) -> Vec<TaskEvent> {
-    let out: Vec<TaskEvent> = events
-        .iter()
-        .zip(first_seq..)
-        .map(|(ev, seq)| TaskEvent {
-            task_id: task_id.to_owned(),
-            seq: u64::try_from(seq).unwrap_or(0),
-            kind: ev.kind,
-            name: ev.name.clone(),
-            payload: ev.payload.clone(),
-            created_at: now,
-        })
-        .collect();
-    batch.extend(out.iter().cloned());
-    out
-}
-
-/// The outcome of a submit that inserted its task, queueing its first events.
-pub(crate) fn created(batch: &mut Vec<TaskEvent>, p: &SubmitParams) -> OpOutcome {
-    let (status, attempt, last_seq) = submit_shape(p);
-    let mut new = vec![NewEvent::engine(EventKind::Created, json!({}))];
+/// The first events of a new task.
+pub(crate) fn created_events(p: &SubmitParams) -> Vec<NewEvent> {
+    let mut events = vec![NewEvent::engine(EventKind::Created, json!({}))];
     if p.claim.is_some() {
-        new.push(started_event(1));
+        events.push(started_event(1, false, 0));
     }
-    let events = append_events(batch, &p.id, 1, &new, p.now);
-    let task = TaskInfo {
-        id: p.id.clone(),
-        name: p.name.clone(),
-        idempotency_key: p.key.clone(),
-        user_id: p.user_id.clone(),
-        input: p.input.clone(),
+    events
+}
+
+/// What a finished attempt writes.
+#[derive(Debug)]
+pub(crate) struct FinishEffect {
+    pub(crate) status: TaskStatus,
+    pub(crate) result: Option<Value>,
+    pub(crate) error: Option<Value>,
+    pub(crate) run_at: Option<i64>,
+    /// The attempt is given back (shutdown release).
+    pub(crate) give_back: bool,
+    pub(crate) event: Option<NewEvent>,
+}
+
+pub(crate) fn finish_effect(attempt: u32, finish: &Finish, now: i64) -> FinishEffect {
+    let effect = |status, event| FinishEffect {
         status,
-        attempt,
-        max_attempts: p.max_attempts,
         result: None,
         error: None,
-        last_seq,
-        created_at: p.now,
-        updated_at: p.now,
+        run_at: None,
+        give_back: false,
+        event: Some(event),
     };
-    outcome(
-        OpResult::Submitted {
-            task: Box::new(task),
-            created: true,
-            claimed: p.claim.is_some(),
-        },
-        events,
-    )
-}
-
-/// The columns and event a finished attempt writes:
-/// `(status, result, error, run_at, event)`.
-pub(crate) fn finish_effects(
-    fence: &Fence,
-    finish: &Finish,
-    now: i64,
-) -> (
-    TaskStatus,
-    Option<Value>,
-    Option<Value>,
-    Option<i64>,
-    Option<NewEvent>,
-) {
     match finish {
-        Finish::Complete { result } => (
-            TaskStatus::Completed,
-            Some(result.clone()),
-            None,
-            None,
-            Some(NewEvent::engine(
-                EventKind::Completed,
-                json!({ "result": result }),
-            )),
-        ),
-        Finish::Retry { error, run_at } => (
-            TaskStatus::Pending,
-            None,
-            Some(error.clone()),
-            Some(*run_at),
-            Some(NewEvent::engine(
-                EventKind::Retrying,
-                json!({"attempt": fence.attempt, "error": error, "retryInMs": (run_at - now).max(0)}),
-            )),
-        ),
-        Finish::Fail { error } => (
-            TaskStatus::Failed,
-            None,
-            Some(error.clone()),
-            None,
-            Some(NewEvent::engine(
-                EventKind::Failed,
-                json!({"error": error, "attempt": fence.attempt}),
-            )),
-        ),
-        Finish::Suspend { reason } => (
+        Finish::Complete { result } => FinishEffect {
+            result: Some(result.clone()),
+            ..effect(
+                TaskStatus::Completed,
+                NewEvent::engine(EventKind::Completed, json!({ "result": result })),
+            )
+        },
+        Finish::Retry { error, run_at } => FinishEffect {
+            error: Some(error.clone()),
+            run_at: Some(*run_at),
+            ..effect(
+                TaskStatus::Pending,
+                NewEvent::engine(
+                    EventKind::Retrying,
+                    json!({"attempt": attempt, "error": error, "retryInMs": (run_at - now).max(0)}),
+                ),
+            )
+        },
+        Finish::Fail { error } => FinishEffect {
+            error: Some(error.clone()),
+            ..effect(
+                TaskStatus::Failed,
+                NewEvent::engine(
+                    EventKind::Failed,
+                    json!({"error": error, "attempt": attempt}),
+                ),
+            )
+        },
+        Finish::Suspend { reason } => effect(
             TaskStatus::Suspended,
-            None,
-            None,
-            None,
-            Some(NewEvent::engine(
-                EventKind::Suspended,
-                json!({ "reason": reason }),
-            )),
+            NewEvent::engine(EventKind::Suspended, json!({ "reason": reason })),
         ),
-        Finish::Release => (TaskStatus::Pending, None, None, Some(now), None),
+        Finish::Release => FinishEffect {
+            status: TaskStatus::Pending,
+            result: None,
+            error: None,
+            run_at: Some(now),
+            give_back: true,
+            event: None,
+        },
     }
 }
 
@@ -170,43 +124,71 @@ pub(crate) fn control_effect(action: Control, from: TaskStatus) -> Option<(TaskS
     Some((to, event))
 }
 
-/// What recovery does with a running task whose node is gone.
-pub(crate) fn recovery_decision(
-    attempt: i64,
-    max_attempts: i64,
-    auto_recover: bool,
-    too_old: bool,
-) -> (TaskStatus, Option<Value>, NewEvent) {
-    let fail = |message: &str| {
-        let error = json!({"message": message, "kind": "lease_expired"});
-        (
-            TaskStatus::Failed,
-            Some(error.clone()),
-            NewEvent::engine(
+/// What recovery does with a running task whose process died or lost its lease.
+#[derive(Debug)]
+pub(crate) struct Recovery {
+    pub(crate) status: TaskStatus,
+    pub(crate) error: Option<Value>,
+    /// The attempt is given back: a process death is not a handler failure.
+    pub(crate) give_back: bool,
+    pub(crate) event: NewEvent,
+}
+
+/// Decides a recovery. Recoveries are counted apart from attempts: past `max_recoveries`
+/// the task fails with kind `recovery_limit`, so a task that kills its process cannot
+/// crash-loop forever; before that, it goes back to `pending` (auto-recover) or to
+/// `suspended`, with its attempt given back.
+pub(crate) fn recovery_decision(row: &ReapRow, too_old: bool) -> Recovery {
+    let recoveries = row.recoveries.saturating_add(1);
+    let fail = |message: String, kind: &str| {
+        let error = json!({"message": message, "kind": kind});
+        Recovery {
+            status: TaskStatus::Failed,
+            event: NewEvent::engine(
                 EventKind::Failed,
-                json!({"error": error, "attempt": attempt}),
+                json!({"error": error, "attempt": row.attempt}),
             ),
-        )
+            error: Some(error),
+            give_back: false,
+        }
     };
     if too_old {
-        fail("task exceeded recovery_max_age after its node stopped")
-    } else if attempt >= max_attempts {
-        fail("node stopped during the last allowed attempt")
-    } else if auto_recover {
-        let error = json!({"message": "lease expired", "kind": "lease_expired"});
-        (
-            TaskStatus::Pending,
-            Some(error.clone()),
-            NewEvent::engine(
-                EventKind::Retrying,
-                json!({"attempt": attempt, "error": error, "retryInMs": 0}),
+        fail(
+            "task exceeded recovery_max_age after its process stopped".to_owned(),
+            "lease_expired",
+        )
+    } else if recoveries > row.max_recoveries {
+        fail(
+            format!(
+                "task was interrupted {recoveries} times by its process stopping or losing \
+                 its lease (max_recoveries = {})",
+                row.max_recoveries
             ),
+            "recovery_limit",
         )
+    } else if row.auto_recover {
+        let error = json!({"message": "lease expired", "kind": "lease_expired"});
+        Recovery {
+            status: TaskStatus::Pending,
+            event: NewEvent::engine(
+                EventKind::Retrying,
+                json!({
+                    "attempt": row.attempt, "error": error, "retryInMs": 0,
+                    "recovery": true, "recoveries": recoveries,
+                }),
+            ),
+            error: Some(error),
+            give_back: true,
+        }
     } else {
-        (
-            TaskStatus::Suspended,
-            None,
-            NewEvent::engine(EventKind::Suspended, json!({"reason": "lease_expired"})),
-        )
+        Recovery {
+            status: TaskStatus::Suspended,
+            error: None,
+            give_back: true,
+            event: NewEvent::engine(
+                EventKind::Suspended,
+                json!({"reason": "lease_expired", "recoveries": recoveries}),
+            ),
+        }
     }
 }

@@ -1,4 +1,10 @@
 //! The group-commit writer: one task per store turns queued ops into one transaction.
+//!
+//! A failed batch is never retried blindly. The store settles an ambiguous COMMIT itself
+//! (see [`Storage::write_batch`]), so an error here means the batch did not commit — or,
+//! with [`Error::OutcomeUnknown`], that nobody can tell yet. Only in the first case, and
+//! only when the failure was not the store being unreachable, are the ops tried again one
+//! by one, so that one bad op does not fail its neighbours.
 
 use std::sync::Arc;
 
@@ -6,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::{OpOutcome, Store, WriteOp};
+use super::{OpOutcome, Storage, WriteOp};
 use crate::delivery::Hub;
 use crate::error::{Error, Result};
 
@@ -23,10 +29,9 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer on the current runtime; the returned handle resolves once it has
-    /// committed its last batch.
+    /// Starts the writer on the current runtime.
     pub(crate) fn spawn(
-        store: Arc<dyn Store>,
+        store: Arc<dyn Storage>,
         hub: Hub,
         tracker: &tokio_util::task::TaskTracker,
         close: CancellationToken,
@@ -45,7 +50,7 @@ impl Writer {
 }
 
 async fn run(
-    store: Arc<dyn Store>,
+    store: Arc<dyn Storage>,
     hub: Hub,
     mut rx: mpsc::UnboundedReceiver<Request>,
     close: CancellationToken,
@@ -66,24 +71,24 @@ async fn run(
         let (ops, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
         match store.write_batch(&ops).await {
             Ok(outcomes) => deliver(&hub, outcomes, replies),
-            Err(e) if ops.len() == 1 => {
-                if let Some(reply) = replies.into_iter().next() {
-                    let _ = reply.send(Err(e));
-                }
-            }
+            Err(e) if ops.len() == 1 || e.is_unavailable() => fail_all(replies, &e),
             Err(e) => {
-                // One bad op must not fail its neighbours: retry each on its own.
-                warn!(error = %e, ops = ops.len(), "batch commit failed; retrying ops singly");
+                // The batch did not commit: trying each op on its own is safe.
+                warn!(error = %e, ops = ops.len(), "batch failed; trying its ops one by one");
                 for (op, reply) in ops.into_iter().zip(replies) {
                     match store.write_batch(std::slice::from_ref(&op)).await {
                         Ok(outcomes) => deliver(&hub, outcomes, vec![reply]),
-                        Err(e) => {
-                            let _ = reply.send(Err(e));
-                        }
+                        Err(e) => fail_all(vec![reply], &e),
                     }
                 }
             }
         }
+    }
+}
+
+fn fail_all(replies: Vec<oneshot::Sender<Result<OpOutcome>>>, e: &Error) {
+    for reply in replies {
+        let _ = reply.send(Err(e.clone()));
     }
 }
 

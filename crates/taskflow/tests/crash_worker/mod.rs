@@ -193,7 +193,9 @@ async fn follow(flow: TaskFlow, key: String, after: u64, log: Arc<Append>) {
 /// run id each step's checkpoint holds.
 fn register(flow: &TaskFlow, side: Arc<Append>, generation: u32) {
     let runs = Arc::new(AtomicU32::new(0));
-    let options = TaskOptions::new().max_attempts(10_000);
+    let options = TaskOptions::new()
+        .max_attempts(10_000)
+        .max_recoveries(10_000);
     let handler = move |ctx: TaskContext, _index: usize| {
         let (side, runs) = (side.clone(), runs.clone());
         async move {

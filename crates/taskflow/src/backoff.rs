@@ -1,4 +1,4 @@
-//! Exponential backoff with full jitter.
+//! Exponential backoff with full jitter, for retries and reconnects.
 
 use std::time::Duration;
 

@@ -1,136 +1,27 @@
-//! The engine handle: register handlers, submit, observe and control tasks, shut down.
+//! The engine handle plugins hold: register handlers, submit, observe and control tasks,
+//! shut down. Every call goes to the [`Node`] it points at.
 
-use std::any::Any;
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{Notify, OnceCell};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span};
 
 use crate::config::Config;
-use crate::delivery::{EventStream, Hub, open_stream};
+use crate::delivery::{EventStream, open_stream};
 use crate::error::{Error, Result};
-use crate::execution::slots::Slots;
-use crate::execution::{executor, maintenance, runner};
-use crate::guard::{SlidingWindow, check_key, check_payload, check_task_name, check_user};
-use crate::handler::{BoxHandler, TaskContext, TaskError, erase, lock};
+use crate::execution::executor::{self, duration_ms, unexpected};
+use crate::execution::runner;
+use crate::guard::{check_key, check_payload, check_task_name, check_user};
+use crate::handler::{TaskContext, TaskError, erase};
 use crate::key::idempotency_key;
-use crate::metrics::Metrics;
-use crate::store::writer::Writer;
-use crate::store::{ClaimNow, Control, OpResult, Store, SubmitParams, WriteOp, now_ms};
+use crate::node::{Node, Registered, StopReason};
+use crate::services;
+use crate::store::{
+    ClaimNow, ClaimedTask, Control, OpResult, Storage, Store, SubmitParams, WriteOp, now_ms,
+};
 use crate::task::{SubmitOptions, Submitted, TaskHandle, TaskInfo, TaskOptions, TaskStatus};
-
-/// A registered handler with its options.
-pub(crate) struct Registered {
-    pub(crate) handler: BoxHandler,
-    pub(crate) options: TaskOptions,
-}
-
-/// Why a runner was asked to stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StopReason {
-    Stop,
-    Cancel,
-    Shutdown,
-    LeaseLost,
-}
-
-/// Control of one live runner.
-#[derive(Debug, Clone)]
-pub(crate) struct RunnerCtl {
-    pub(crate) attempt: u32,
-    pub(crate) token: CancellationToken,
-    pub(crate) reason: Arc<Mutex<Option<StopReason>>>,
-    pub(crate) done: CancellationToken,
-}
-
-impl RunnerCtl {
-    pub(crate) fn new(attempt: u32) -> Self {
-        Self {
-            attempt,
-            token: CancellationToken::new(),
-            reason: Arc::new(Mutex::new(None)),
-            done: CancellationToken::new(),
-        }
-    }
-
-    /// Asks the runner to stop; the first reason wins.
-    pub(crate) fn request(&self, reason: StopReason) {
-        lock(&self.reason).get_or_insert(reason);
-        self.token.cancel();
-    }
-
-    pub(crate) fn reason(&self) -> Option<StopReason> {
-        *lock(&self.reason)
-    }
-}
-
-pub(crate) struct Admission {
-    global: Option<SlidingWindow>,
-    per_user: Option<SlidingWindow>,
-}
-
-/// State shared by the handle, the executor, runners and maintenance loops.
-pub(crate) struct Shared {
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) writer: Writer,
-    pub(crate) hub: Hub,
-    pub(crate) config: Config,
-    pub(crate) node: String,
-    pub(crate) registry: RwLock<HashMap<String, Arc<Registered>>>,
-    pub(crate) slots: Mutex<Slots>,
-    pub(crate) running: Mutex<HashMap<String, RunnerCtl>>,
-    pub(crate) user_contexts: Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
-    /// Trace context of the submission, so this process's runs join the request's trace.
-    pub(crate) trace_parents: Mutex<HashMap<String, opentelemetry::Context>>,
-    admission: Mutex<Admission>,
-    pub(crate) pending_estimate: AtomicU64,
-    /// The store may hold claimable work this node has not looked at yet.
-    pub(crate) backlog: AtomicBool,
-    pub(crate) wake: Notify,
-    pub(crate) closing: AtomicBool,
-    /// Cancelled to stop claiming and the maintenance loops.
-    pub(crate) stop_claiming: CancellationToken,
-    pub(crate) background: TaskTracker,
-    pub(crate) runners: TaskTracker,
-    writer_tracker: TaskTracker,
-    writer_close: CancellationToken,
-    pub(crate) metrics: Metrics,
-    drained: OnceCell<()>,
-    closed: OnceCell<()>,
-}
-
-impl Shared {
-    pub(crate) fn registered(&self, name: &str) -> Option<Arc<Registered>> {
-        self.registry
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(name)
-            .cloned()
-    }
-
-    pub(crate) fn registered_names(&self) -> Vec<String> {
-        self.registry
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .keys()
-            .cloned()
-            .collect()
-    }
-
-    /// Signals the executor that the store may hold work.
-    pub(crate) fn kick(&self) {
-        self.backlog.store(true, Ordering::Release);
-        self.wake.notify_one();
-    }
-}
 
 /// The durable task engine. Cheap to clone; clones share one engine.
 ///
@@ -164,108 +55,75 @@ impl Shared {
 /// ```
 #[derive(Clone)]
 pub struct TaskFlow {
-    shared: Arc<Shared>,
+    node: Arc<Node>,
 }
 
 impl std::fmt::Debug for TaskFlow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TaskFlow")
-            .field("node", &self.shared.node)
-            .field("store", &self.shared.store)
+            .field("node", &self.node.id)
+            .field("store", &self.node.store)
             .finish_non_exhaustive()
     }
 }
 
+/// A snapshot of one node's in-memory state, for diagnostics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeStats {
+    /// Tasks running on this node now.
+    pub running: usize,
+    /// Tasks this node keeps local state for (a live run, or the user context and trace
+    /// parent of a task submitted here that has not left this node yet).
+    pub local_tasks: usize,
+}
+
 impl TaskFlow {
     /// Starts the engine on `store`: recovers work left `running` by a dead process (on an
-    /// exclusive store), then starts the writer, the executor and the maintenance loops.
+    /// exclusive store), then starts the writer, the executor and the maintenance services.
     ///
     /// # Errors
     ///
-    /// Store errors from start-up recovery.
+    /// Store errors from start-up recovery (the engine is closed again before returning).
     ///
     /// # Cancellation safety
     ///
     /// Not cancellation safe: background tasks may already run when it is dropped.
     pub async fn start(store: impl Store, config: Config) -> Result<Self> {
-        Self::start_shared(Arc::new(store), config).await
+        Self::start_on(crate::store::into_storage(store), config).await
     }
 
-    /// Like [`start`](Self::start), for a store already behind an `Arc`.
-    ///
-    /// # Errors
-    ///
-    /// As for [`start`](Self::start).
-    ///
-    /// # Cancellation safety
-    ///
-    /// As for [`start`](Self::start).
-    pub async fn start_shared(store: Arc<dyn Store>, config: Config) -> Result<Self> {
-        let hub = Hub::new();
-        let writer_tracker = TaskTracker::new();
-        let writer_close = CancellationToken::new();
-        let writer = Writer::spawn(
-            store.clone(),
-            hub.clone(),
-            &writer_tracker,
-            writer_close.clone(),
-        );
-        let node = config
-            .node_id
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-        let admission = Admission {
-            global: config.rate_limit.map(SlidingWindow::new),
-            per_user: config.user_rate_limit.map(SlidingWindow::new),
-        };
-        let shared = Arc::new(Shared {
-            store,
-            writer,
-            hub,
-            slots: Mutex::new(Slots::new(config.global_slots, config.per_user_slots)),
-            config,
-            node,
-            registry: RwLock::new(HashMap::new()),
-            running: Mutex::new(HashMap::new()),
-            user_contexts: Mutex::new(HashMap::new()),
-            trace_parents: Mutex::new(HashMap::new()),
-            admission: Mutex::new(admission),
-            pending_estimate: AtomicU64::new(0),
-            backlog: AtomicBool::new(true),
-            wake: Notify::new(),
-            closing: AtomicBool::new(false),
-            stop_claiming: CancellationToken::new(),
-            background: TaskTracker::new(),
-            runners: TaskTracker::new(),
-            writer_tracker,
-            writer_close,
-            metrics: Metrics::new(),
-            drained: OnceCell::new(),
-            closed: OnceCell::new(),
-        });
-        if shared.store.is_exclusive() {
-            maintenance::recover_at_startup(&shared).await?;
+    /// Starts the engine on the storage interface (the `testing` feature's entry point).
+    pub(crate) async fn start_on(store: Arc<dyn Storage>, config: Config) -> Result<Self> {
+        let node = Arc::new(Node::new(store, config));
+        if node.store.is_exclusive()
+            && let Err(e) = services::rescuer::recover_at_startup(&node).await
+        {
+            node.close().await;
+            return Err(e);
         }
-        if let Ok(n) = shared.store.tasks_pending_count().await {
-            shared.pending_estimate.store(n, Ordering::Relaxed);
+        if let Ok(n) = node.store.tasks_pending_count().await {
+            node.admission.set_pending(n);
         }
-        shared.background.spawn(executor::run(shared.clone()));
-        shared
-            .background
-            .spawn(maintenance::heartbeat(shared.clone()));
-        shared.background.spawn(maintenance::reaper(shared.clone()));
-        if let Some(notices) = shared.store.notices() {
-            shared
-                .background
-                .spawn(maintenance::relay_notices(shared.clone(), notices));
+        if node.config.run_tasks {
+            node.lifecycle.background.spawn(executor::run(node.clone()));
         }
-        info!(node = %shared.node, backend = ?shared.store.backend(), "task engine started");
-        Ok(Self { shared })
+        services::spawn_all(&node);
+        info!(node = %node.id, backend = ?node.store.backend(), "task engine started");
+        Ok(Self { node })
+    }
+
+    /// In-memory state of this node (running tasks, tasks with local state).
+    pub fn stats(&self) -> NodeStats {
+        NodeStats {
+            running: self.node.slots.running(),
+            local_tasks: self.node.local.len(),
+        }
     }
 
     /// This node's id (the lease owner name).
     pub fn node_id(&self) -> &str {
-        &self.shared.node
+        &self.node.id
     }
 
     /// Registers a typed handler under `name` with default [`TaskOptions`].
@@ -301,26 +159,18 @@ impl TaskFlow {
         Fut: Future<Output = Result<Out, TaskError>> + Send + 'static,
     {
         check_task_name(name)?;
-        let mut registry = self
-            .shared
-            .registry
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if registry.contains_key(name) {
-            return Err(Error::DuplicateTask(name.to_owned()));
-        }
-        if let Some(limit) = options.max_concurrency {
-            lock(&self.shared.slots).set_name_limit(name, limit);
-        }
-        registry.insert(
-            name.to_owned(),
-            Arc::new(Registered {
+        let limit = options.max_concurrency;
+        self.node.registry.insert(
+            name,
+            Registered {
                 handler: erase(handler),
                 options,
-            }),
-        );
-        drop(registry);
-        self.shared.kick();
+            },
+        )?;
+        if let Some(limit) = limit {
+            self.node.slots.set_name_limit(name, limit);
+        }
+        self.node.work.kick();
         Ok(())
     }
 
@@ -356,12 +206,13 @@ impl TaskFlow {
         input: impl Serialize,
         options: SubmitOptions,
     ) -> Result<Submitted> {
-        let shared = &self.shared;
-        if shared.closing.load(Ordering::Acquire) {
+        let node = &self.node;
+        if node.lifecycle.is_closing() {
             return Err(Error::ShuttingDown);
         }
-        let registered = shared
-            .registered(name)
+        let registered = node
+            .registry
+            .get(name)
             .ok_or_else(|| Error::UnknownTask(name.to_owned()))?;
         let input = serde_json::to_value(input)?;
         check_payload("input", &input)?;
@@ -376,13 +227,16 @@ impl TaskFlow {
             }
             None => idempotency_key(name, &input, user),
         };
-        self.admit(user)?;
+        node.admission.admit(user, &node.metrics)?;
         let claim = self.try_claim_now(user, name);
         let task_id = uuid::Uuid::now_v7().to_string();
-        // Registered before the commit so that a runner that claims the task at once sees it.
-        if let Some(ctx) = options.user_context.clone() {
-            lock(&shared.user_contexts).insert(task_id.clone(), ctx);
-        }
+        // Remembered before the commit: the executor may claim the task at once.
+        let trace = {
+            use tracing_opentelemetry::OpenTelemetrySpanExt;
+            tracing::Span::current().context()
+        };
+        node.local
+            .remember(&task_id, options.user_context.clone(), Some(trace));
         let params = SubmitParams {
             id: task_id.clone(),
             name: name.to_owned(),
@@ -390,6 +244,10 @@ impl TaskFlow {
             user_id: options.user.clone(),
             input,
             max_attempts: registered.options.max_attempts,
+            max_recoveries: registered
+                .options
+                .max_recoveries
+                .unwrap_or(node.config.max_recoveries),
             auto_recover: registered.options.auto_recover,
             mode: options.mode,
             now: now_ms(),
@@ -397,42 +255,37 @@ impl TaskFlow {
         };
         // Counted before the commit: the executor may claim the task before we return.
         if claim.is_none() {
-            shared.pending_estimate.fetch_add(1, Ordering::Relaxed);
+            node.admission.add_pending(1);
         }
-        let result = shared.writer.write(WriteOp::Submit(params)).await;
-        if claim.is_none()
-            && !matches!(&result, Ok(o) if matches!(o.result, OpResult::Submitted { created: true, .. }))
-        {
-            let _ =
-                shared
-                    .pending_estimate
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
-                        Some(p.saturating_sub(1))
-                    });
-        }
-        let (task, created, claimed) = match result {
-            Ok(o) => match o.result {
-                OpResult::Submitted {
-                    task,
-                    created,
-                    claimed,
-                } => (task, created, claimed),
-                other => unreachable_outcome(&other)?,
-            },
-            Err(e) => {
+        let result = node.writer.write(WriteOp::Submit(params)).await;
+        let (task, created, claimed) = match result.map(|o| o.result) {
+            Ok(OpResult::Submitted {
+                task,
+                created,
+                claimed,
+            }) => (task, created, claimed),
+            other => {
                 if claim.is_some() {
-                    lock(&shared.slots).release(user, name);
+                    node.slots.release(user, name);
+                } else {
+                    node.admission.remove_pending(1);
                 }
-                lock(&shared.user_contexts).remove(&task_id);
-                return Err(e);
+                node.local.forget(&task_id);
+                return Err(match other {
+                    Ok(other) => unexpected(&other),
+                    Err(e) => e,
+                });
             }
         };
         if !created {
-            lock(&shared.user_contexts).remove(&task_id);
+            node.local.forget(&task_id);
+            if claim.is_none() {
+                node.admission.remove_pending(1);
+            }
         }
         tracing::Span::current().record("task.id", tracing::field::display(&task.id));
         if claim.is_some() && !claimed {
-            lock(&shared.slots).release(user, name);
+            node.slots.release(user, name);
         }
         let handle = TaskHandle {
             id: task.id.clone(),
@@ -442,62 +295,34 @@ impl TaskFlow {
             debug!(task.id = %task.id, status = %task.status, "submit attached to existing task");
             return Ok(Submitted::Existing(handle, task.status));
         }
-        shared.metrics.submitted.add(
+        node.metrics.submitted.add(
             1,
             &[opentelemetry::KeyValue::new("task.name", name.to_owned())],
         );
-        {
-            use tracing_opentelemetry::OpenTelemetrySpanExt;
-            let cx = tracing::Span::current().context();
-            lock(&shared.trace_parents).insert(task.id.clone(), cx);
-        }
         if claimed {
-            runner::spawn(shared.clone(), *task, false, registered);
+            let claimed = ClaimedTask {
+                task: *task,
+                epoch: 1,
+                recovery: false,
+                auto_recover: registered.options.auto_recover,
+            };
+            runner::spawn(node.clone(), claimed, registered);
         } else {
-            shared.kick();
+            node.work.kick();
         }
         Ok(Submitted::Created(handle))
     }
 
-    fn admit(&self, user: Option<&str>) -> Result<()> {
-        let shared = &self.shared;
-        let reject = |reason: &'static str, retry_after| {
-            shared
-                .metrics
-                .rejected
-                .add(1, &[opentelemetry::KeyValue::new("reason", reason)]);
-            Err(Error::Rejected {
-                reason,
-                retry_after,
-            })
-        };
-        if shared.pending_estimate.load(Ordering::Relaxed) >= shared.config.max_pending {
-            return reject("too many pending tasks", shared.config.poll_interval);
-        }
-        let now = Instant::now();
-        let mut admission = lock(&shared.admission);
-        if let Some(window) = admission.global.as_mut()
-            && let Err(wait) = window.try_acquire("", now)
-        {
-            return reject("rate limit exceeded", wait);
-        }
-        if let (Some(window), Some(user)) = (admission.per_user.as_mut(), user)
-            && let Err(wait) = window.try_acquire(user, now)
-        {
-            return reject("user rate limit exceeded", wait);
-        }
-        Ok(())
-    }
-
-    /// Reserves a slot for claiming at submit, when nothing older is waiting.
+    /// Reserves a slot for claiming at submit, when this node runs tasks and nothing older
+    /// is waiting.
     fn try_claim_now(&self, user: Option<&str>, name: &str) -> Option<ClaimNow> {
-        let shared = &self.shared;
-        if shared.backlog.load(Ordering::Acquire) || !lock(&shared.slots).try_take(user, name) {
+        let node = &self.node;
+        if !node.config.run_tasks || node.work.is_set() || !node.slots.try_take(user, name) {
             return None;
         }
         Some(ClaimNow {
-            node: shared.node.clone(),
-            lease_until: now_ms() + duration_ms(shared.config.lease),
+            node: node.id.clone(),
+            lease_until: now_ms() + duration_ms(node.config.lease),
         })
     }
 
@@ -512,7 +337,7 @@ impl TaskFlow {
     ///
     /// Cancellation safe (read only).
     pub async fn status(&self, key: &str, user: Option<&str>) -> Result<TaskInfo> {
-        self.shared
+        self.node
             .store
             .task_by_key(key, user)
             .await?
@@ -538,26 +363,26 @@ impl TaskFlow {
         user: Option<&str>,
         after_seq: u64,
     ) -> Result<EventStream> {
-        let shared = &self.shared;
+        let node = &self.node;
         let task = self.status(key, user).await?;
-        let sub = shared.hub.subscribe(&task.id).ok_or(Error::ShuttingDown)?;
+        let sub = node.hub.subscribe(&task.id).ok_or(Error::ShuttingDown)?;
         if after_seq > task.last_seq {
             return Err(Error::CursorOutOfRange {
                 after_seq,
                 last_seq: task.last_seq,
             });
         }
-        let poll = (!shared.store.is_exclusive()).then_some(shared.config.poll_interval);
+        let poll = (!node.store.is_exclusive()).then_some(node.config.poll_interval);
         // A finished task's log is final: a cursor at its end has nothing left to wait for.
         let ended = task.status.is_terminal() && after_seq == task.last_seq;
         Ok(open_stream(
             ended,
-            shared.store.clone(),
+            node.store.clone(),
             task.id,
             after_seq,
             sub,
             poll,
-            shared.metrics.clone(),
+            node.metrics.clone(),
         ))
     }
 
@@ -595,19 +420,18 @@ impl TaskFlow {
     }
 
     async fn stop_running(&self, task_id: &str) -> Result<TaskStatus> {
-        let shared = &self.shared;
-        let local = lock(&shared.running).get(task_id).cloned();
-        match local {
-            Some(ctl) => {
-                ctl.request(StopReason::Stop);
-                let bound = shared.config.stop_grace + shared.config.lease;
-                let _ = tokio::time::timeout(bound, ctl.done.cancelled()).await;
+        let node = &self.node;
+        match node.local.run(task_id) {
+            Some(run) => {
+                run.request(StopReason::Stop);
+                let bound = node.config.stop_grace + node.config.lease;
+                let _ = tokio::time::timeout(bound, run.done.cancelled()).await;
             }
             None => {
                 self.control(task_id, Control::RequestStop).await?;
             }
         }
-        let task = shared
+        let task = node
             .store
             .task_by_id(task_id)
             .await?
@@ -635,7 +459,7 @@ impl TaskFlow {
             });
         }
         if to == TaskStatus::Pending && from == TaskStatus::Suspended {
-            self.shared.kick();
+            self.node.work.kick();
         }
         Ok(to)
     }
@@ -662,12 +486,11 @@ impl TaskFlow {
             }),
             (from, to) => {
                 if from == TaskStatus::Running
-                    && let Some(ctl) = lock(&self.shared.running).get(&task.id)
+                    && let Some(run) = self.node.local.run(&task.id)
                 {
-                    ctl.request(StopReason::Cancel);
+                    run.request(StopReason::Cancel);
                 }
-                lock(&self.shared.user_contexts).remove(&task.id);
-                lock(&self.shared.trace_parents).remove(&task.id);
+                self.node.local.forget(&task.id);
                 Ok(to)
             }
         }
@@ -683,7 +506,7 @@ impl TaskFlow {
     ///
     /// Cancellation safe (read only).
     pub async fn dead_letters(&self, limit: u32) -> Result<Vec<TaskInfo>> {
-        self.shared.store.tasks_failed(limit).await
+        self.node.store.tasks_failed(limit).await
     }
 
     /// Puts a failed task back to `pending` with a fresh set of attempts.
@@ -703,7 +526,7 @@ impl TaskFlow {
                 action: "redrive",
             });
         }
-        self.shared.kick();
+        self.node.work.kick();
         Ok(to)
     }
 
@@ -713,16 +536,16 @@ impl TaskFlow {
             action,
             now: now_ms(),
         };
-        match self.shared.writer.write(op).await?.result {
+        match self.node.writer.write(op).await?.result {
             OpResult::Controlled { from, to } => Ok((from, to)),
             OpResult::NotFound => Err(Error::NotFound),
-            other => unreachable_outcome(&other),
+            other => Err(unexpected(&other)),
         }
     }
 
     /// Whether [`shutdown`](Self::shutdown) has begun.
     pub fn is_shutting_down(&self) -> bool {
-        self.shared.closing.load(Ordering::Acquire)
+        self.node.lifecycle.is_closing()
     }
 
     /// Stops claiming and drains, once: running tasks get the drain timeout to finish;
@@ -737,8 +560,7 @@ impl TaskFlow {
     /// Cancellation safe: the drain runs to completion in the first caller's future or,
     /// if that is dropped, in the next caller's.
     pub async fn drain(&self) {
-        let shared = self.shared.clone();
-        self.shared.drained.get_or_init(|| drain(shared)).await;
+        self.node.drain().await;
     }
 
     /// Drains (if not done yet), then commits the last writes, ends every subscription
@@ -748,9 +570,7 @@ impl TaskFlow {
     ///
     /// As for [`drain`](Self::drain).
     pub async fn close(&self) {
-        self.drain().await;
-        let shared = self.shared.clone();
-        self.shared.closed.get_or_init(|| close(shared)).await;
+        self.node.close().await;
     }
 
     /// [`drain`](Self::drain) then [`close`](Self::close): the whole engine shutdown of
@@ -773,52 +593,9 @@ impl TaskFlow {
     ///
     /// Cancellation safe (read only).
     pub async fn health(&self) -> Result<()> {
-        if self.shared.closed.initialized() {
+        if self.node.lifecycle.is_closed() {
             return Err(Error::ShuttingDown);
         }
-        self.shared.store.health().await
+        self.node.store.health().await
     }
-}
-
-async fn drain(shared: Arc<Shared>) {
-    shared.closing.store(true, Ordering::Release);
-    shared.stop_claiming.cancel();
-    shared.runners.close();
-    let running = lock(&shared.slots).running();
-    info!(running, "taskflow: draining running tasks");
-    let drained = tokio::time::timeout(shared.config.drain_timeout, shared.runners.wait())
-        .await
-        .is_ok();
-    if !drained {
-        let ctls: Vec<_> = lock(&shared.running).values().cloned().collect();
-        info!(
-            tasks = ctls.len(),
-            "taskflow: releasing tasks still running after drain timeout"
-        );
-        for ctl in ctls {
-            ctl.request(StopReason::Shutdown);
-        }
-        shared.runners.wait().await;
-    }
-    shared.background.close();
-    shared.background.wait().await;
-}
-
-async fn close(shared: Arc<Shared>) {
-    shared.hub.close();
-    shared.writer_close.cancel();
-    shared.writer_tracker.close();
-    shared.writer_tracker.wait().await;
-    shared.store.close().await;
-    info!("taskflow: stopped");
-}
-
-pub(crate) fn unreachable_outcome<T>(other: &OpResult) -> Result<T> {
-    Err(Error::StoreUnavailable(Arc::new(sqlx::Error::Protocol(
-        format!("store returned an unexpected outcome: {other:?}"),
-    ))))
-}
-
-pub(crate) fn duration_ms(d: std::time::Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

@@ -1,12 +1,68 @@
 //! Concurrency slots of one node: global, per user, per task name.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
-use crate::store::ClaimBudget;
+use crate::handler::lock;
+use crate::store::{ClaimBudget, ClaimedTask};
+
+/// The node's slots, shared by the submit path, the executor and runners.
+#[derive(Debug)]
+pub(crate) struct Slots {
+    counts: Mutex<SlotCounts>,
+}
+
+impl Slots {
+    pub(crate) fn new(global_limit: usize, per_user_limit: usize) -> Self {
+        Self {
+            counts: Mutex::new(SlotCounts::new(global_limit, per_user_limit)),
+        }
+    }
+
+    pub(crate) fn set_name_limit(&self, name: &str, limit: usize) {
+        lock(&self.counts).set_name_limit(name, limit);
+    }
+
+    /// Tasks running on this node.
+    pub(crate) fn running(&self) -> usize {
+        lock(&self.counts).running()
+    }
+
+    /// Takes a slot for an immediate claim at submit if every limit allows it.
+    pub(crate) fn try_take(&self, user: Option<&str>, name: &str) -> bool {
+        lock(&self.counts).try_take(user, name)
+    }
+
+    /// Frees the slot of a finished (or never started) task.
+    pub(crate) fn release(&self, user: Option<&str>, name: &str) {
+        lock(&self.counts).release(user, name);
+    }
+
+    /// The budget for a claim through the store, marking a claim in flight; `None` when no
+    /// slot is free.
+    pub(crate) fn begin_claim(&self) -> Option<ClaimBudget> {
+        let mut counts = lock(&self.counts);
+        let budget = counts.budget();
+        if budget.global == 0 {
+            return None;
+        }
+        counts.claiming = true;
+        Some(budget)
+    }
+
+    /// Ends the claim in flight, taking a slot for each claimed task.
+    pub(crate) fn end_claim(&self, claimed: &[ClaimedTask]) {
+        let mut counts = lock(&self.counts);
+        counts.claiming = false;
+        for t in claimed {
+            counts.take(t.task.user_id.as_deref(), &t.task.name);
+        }
+    }
+}
 
 /// Running counts on this node.
 #[derive(Debug, Default)]
-pub(crate) struct Slots {
+struct SlotCounts {
     global_limit: usize,
     per_user_limit: usize,
     running: usize,
@@ -15,11 +71,11 @@ pub(crate) struct Slots {
     name_limits: HashMap<String, usize>,
     /// A claim is in flight with a budget computed from these counts; immediate claims at
     /// submit wait (go through the store) until it lands, so the budget is never overdrawn.
-    pub(crate) claiming: bool,
+    claiming: bool,
 }
 
-impl Slots {
-    pub(crate) fn new(global_limit: usize, per_user_limit: usize) -> Self {
+impl SlotCounts {
+    fn new(global_limit: usize, per_user_limit: usize) -> Self {
         Self {
             global_limit: global_limit.max(1),
             per_user_limit: per_user_limit.max(1),
@@ -27,16 +83,16 @@ impl Slots {
         }
     }
 
-    pub(crate) fn set_name_limit(&mut self, name: &str, limit: usize) {
+    fn set_name_limit(&mut self, name: &str, limit: usize) {
         self.name_limits.insert(name.to_owned(), limit);
     }
 
-    pub(crate) fn running(&self) -> usize {
+    fn running(&self) -> usize {
         self.running
     }
 
     /// The budget for a claim.
-    pub(crate) fn budget(&self) -> ClaimBudget {
+    fn budget(&self) -> ClaimBudget {
         ClaimBudget {
             global: self.global_limit.saturating_sub(self.running),
             per_user: self.per_user_limit,
@@ -47,7 +103,7 @@ impl Slots {
     }
 
     /// Takes a slot for an immediate claim if every limit allows it.
-    pub(crate) fn try_take(&mut self, user: Option<&str>, name: &str) -> bool {
+    fn try_take(&mut self, user: Option<&str>, name: &str) -> bool {
         if self.claiming || self.running >= self.global_limit {
             return false;
         }
@@ -64,7 +120,7 @@ impl Slots {
     }
 
     /// Records a running task (claimed within budget).
-    pub(crate) fn take(&mut self, user: Option<&str>, name: &str) {
+    fn take(&mut self, user: Option<&str>, name: &str) {
         self.running += 1;
         if let Some(user) = user {
             *self.per_user.entry(user.to_owned()).or_default() += 1;
@@ -75,7 +131,7 @@ impl Slots {
     }
 
     /// Frees the slot of a finished task.
-    pub(crate) fn release(&mut self, user: Option<&str>, name: &str) {
+    fn release(&mut self, user: Option<&str>, name: &str) {
         self.running = self.running.saturating_sub(1);
         if let Some(user) = user {
             decrement(&mut self.per_user, user);
@@ -99,7 +155,7 @@ mod tests {
 
     #[test]
     fn limits_apply_globally_per_user_and_per_name() {
-        let mut s = Slots::new(3, 2);
+        let mut s = SlotCounts::new(3, 2);
         s.set_name_limit("heavy", 1);
         assert!(s.try_take(Some("a"), "t"));
         assert!(s.try_take(Some("a"), "t"));
@@ -119,7 +175,7 @@ mod tests {
 
     #[test]
     fn budget_admits_what_the_slots_allow() {
-        let mut s = Slots::new(4, 1);
+        let mut s = SlotCounts::new(4, 1);
         s.take(Some("a"), "t");
         let mut b = s.budget();
         assert_eq!(b.global, 3);

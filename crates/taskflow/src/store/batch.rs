@@ -1,0 +1,629 @@
+//! The batch algorithm, written once for both backends: one call applies a batch of ops
+//! inside the caller's transaction and returns one outcome per op.
+//!
+//! Submits and attempt outcomes are applied in bulk (one statement each for the whole
+//! batch), then everything else in queue order; ops in one batch are concurrent, so any
+//! order of them is a valid serialization. Events get their seqs here and are written in
+//! one statement before the commit. Every runner write is fenced by `(node, epoch)`.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::effects::{
+    control_effect, created_events, finish_effect, recovery_decision, started_event, submit_shape,
+};
+use super::ops::{
+    ClaimParams, ClaimedTask, Control, Fence, Finish, OpOutcome, OpResult, RenewedLease,
+    SubmitParams, WriteOp,
+};
+use super::rows::{
+    CandidateRow, ClaimedRow, IdRow, LeaseRow, ReapRow, SeqRow, StatusRow, TaskRow, parse_status,
+};
+use super::sql::{Sql, SqlConn, args};
+use crate::error::{Error, Result};
+use crate::event::{NewEvent, TaskEvent};
+use crate::task::{IdempotencyMode, TaskInfo, TaskStatus};
+
+/// Rows one purge deletes at most; the cleaner comes back for the rest.
+pub(crate) const PURGE_LIMIT: i64 = 5_000;
+
+/// One batch in one transaction.
+pub(crate) struct Batch<'c, C: SqlConn> {
+    conn: &'c mut C,
+    sql: &'static Sql,
+    /// Events appended by the batch's ops, written in one statement before commit.
+    events: Vec<TaskEvent>,
+}
+
+impl<'c, C: SqlConn> Batch<'c, C> {
+    pub(crate) fn new(conn: &'c mut C, sql: &'static Sql) -> Self {
+        Self {
+            conn,
+            sql,
+            events: Vec::new(),
+        }
+    }
+
+    /// Applies `ops` and writes the batch's commit marker and events; the caller commits.
+    pub(crate) async fn apply(
+        mut self,
+        batch_id: &str,
+        instance: &str,
+        ops: &[WriteOp],
+    ) -> Result<Vec<OpOutcome>> {
+        let now = super::now_ms();
+        self.conn
+            .execute(self.sql.batch_mark, args![batch_id, now])
+            .await?;
+        let mut out: Vec<Option<OpOutcome>> = vec![None; ops.len()];
+        self.submit_all(ops, &mut out).await?;
+        self.finish_all(ops, &mut out).await?;
+        for (op, slot) in ops.iter().zip(out.iter_mut()) {
+            if slot.is_none() {
+                *slot = Some(self.apply_one(op).await?);
+            }
+        }
+        let out: Vec<OpOutcome> = out.into_iter().flatten().collect();
+        self.flush_events().await?;
+        self.notify(instance, ops, &out).await?;
+        Ok(out)
+    }
+
+    async fn apply_one(&mut self, op: &WriteOp) -> Result<OpOutcome> {
+        match op {
+            WriteOp::Submit(_) | WriteOp::Finish { .. } => {
+                Err(Error::internal("submit and finish ops are applied in bulk"))
+            }
+            WriteOp::Claim(p) => self.claim(p).await,
+            WriteOp::Emit { fence, events } => self.emit(fence, events, None).await,
+            WriteOp::Step {
+                fence,
+                name,
+                result,
+                events,
+            } => self.emit(fence, events, Some((name, result))).await,
+            WriteOp::Control {
+                task_id,
+                action,
+                now,
+            } => self.control(task_id, *action, *now).await,
+            WriteOp::LeaseRenew { node, until } => self.lease_renew(node, *until).await,
+            WriteOp::Reap {
+                now,
+                max_age_cutoff,
+                all,
+            } => self.reap(*now, *max_age_cutoff, *all).await,
+            WriteOp::Purge {
+                terminal_before,
+                suspended_before,
+                batches_before,
+            } => {
+                self.purge(*terminal_before, *suspended_before, *batches_before)
+                    .await
+            }
+        }
+    }
+
+    /// Gives `events` consecutive seqs from `first_seq` and queues them for the batch.
+    fn append(
+        &mut self,
+        task_id: &str,
+        first_seq: i64,
+        events: &[NewEvent],
+        now: i64,
+    ) -> Vec<TaskEvent> {
+        let out: Vec<TaskEvent> = events
+            .iter()
+            .zip(first_seq..)
+            .map(|(ev, seq)| TaskEvent {
+                task_id: task_id.to_owned(),
+                seq: u64::try_from(seq).unwrap_or(0),
+                kind: ev.kind,
+                name: ev.name.clone(),
+                payload: ev.payload.clone(),
+                created_at: now,
+            })
+            .collect();
+        self.events.extend(out.iter().cloned());
+        out
+    }
+
+    async fn find_by_key(&mut self, key: &str, user: &str) -> Result<Option<TaskInfo>> {
+        let row: Option<TaskRow> = self
+            .conn
+            .fetch_optional(self.sql.find_by_key, args![key, user])
+            .await?;
+        row.map(TaskInfo::try_from).transpose()
+    }
+
+    /// Every `Submit` of the batch: one multi-row insert that skips duplicate keys, then
+    /// per-op outcomes (a skipped op attaches to the task that holds its key).
+    async fn submit_all(&mut self, ops: &[WriteOp], out: &mut [Option<OpOutcome>]) -> Result<()> {
+        let mut rows = Vec::new();
+        let mut inserting = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            let WriteOp::Submit(p) = op else { continue };
+            let user = p.user_id.as_deref().unwrap_or("");
+            if p.mode == IdempotencyMode::AtMostOnce
+                && let Some(task) = self.find_by_key(&p.key, user).await?
+            {
+                out[i] = Some(existing(task));
+                continue;
+            }
+            rows.push(NewTaskDoc::new(p));
+            inserting.push((i, p));
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let inserted: Vec<IdRow> = self
+            .conn
+            .fetch_all(self.sql.insert_tasks, args![serde_json::to_value(&rows)?])
+            .await?;
+        let inserted: HashSet<String> = inserted.into_iter().map(|r| r.id).collect();
+        for (i, p) in inserting {
+            out[i] = Some(if inserted.contains(&p.id) {
+                self.created(p)
+            } else {
+                let user = p.user_id.as_deref().unwrap_or("");
+                let task = self.find_by_key(&p.key, user).await?.ok_or_else(|| {
+                    Error::corrupt("idempotency conflict without a visible task".to_owned())
+                })?;
+                existing(task)
+            });
+        }
+        Ok(())
+    }
+
+    fn created(&mut self, p: &SubmitParams) -> OpOutcome {
+        let (status, attempt, _, last_seq) = submit_shape(p);
+        let events = self.append(&p.id, 1, &created_events(p), p.now);
+        let task = TaskInfo {
+            id: p.id.clone(),
+            name: p.name.clone(),
+            idempotency_key: p.key.clone(),
+            user_id: p.user_id.clone(),
+            input: p.input.clone(),
+            status,
+            attempt,
+            max_attempts: p.max_attempts,
+            recoveries: 0,
+            result: None,
+            error: None,
+            last_seq,
+            created_at: p.now,
+            updated_at: p.now,
+        };
+        OpOutcome {
+            result: OpResult::Submitted {
+                task: Box::new(task),
+                created: true,
+                claimed: p.claim.is_some(),
+            },
+            events,
+        }
+    }
+
+    /// Claims ready tasks oldest first, admitting each against the slot budget.
+    async fn claim(&mut self, p: &ClaimParams) -> Result<OpOutcome> {
+        let mut budget = p.budget.clone();
+        if budget.global == 0 || p.names.is_empty() {
+            let more = budget.global == 0;
+            return Ok(result(OpResult::Claimed {
+                tasks: vec![],
+                more,
+            }));
+        }
+        let window = budget.window();
+        let names = serde_json::to_value(&p.names)?;
+        let limit = i64::try_from(window).unwrap_or(1024);
+        let candidates: Vec<CandidateRow> = self
+            .conn
+            .fetch_all(self.sql.claim_candidates, args![p.now, names, limit])
+            .await?;
+        let more = candidates.len() >= window;
+        let mut skipped = false;
+        let mut chosen: HashMap<String, (bool, bool)> = HashMap::new();
+        for c in candidates {
+            let user = (!c.user_id.is_empty()).then_some(c.user_id.as_str());
+            if budget.admit(user, &c.name) {
+                chosen.insert(c.id, (c.recovery, c.auto_recover));
+            } else {
+                skipped = true;
+            }
+        }
+        let mut tasks = Vec::with_capacity(chosen.len());
+        let mut events = Vec::with_capacity(chosen.len());
+        if !chosen.is_empty() {
+            let ids = serde_json::to_value(chosen.keys().collect::<Vec<_>>())?;
+            let rows: Vec<ClaimedRow> = self
+                .conn
+                .fetch_all(
+                    self.sql.claim_mark,
+                    args![&p.node, p.lease_until, p.now, ids],
+                )
+                .await?;
+            for row in rows {
+                let epoch = super::rows::count(row.epoch, "epoch")?;
+                let task = TaskInfo::try_from(row.task)?;
+                let (recovery, auto_recover) = chosen.get(&task.id).copied().unwrap_or_default();
+                let started = started_event(task.attempt, recovery, task.recoveries);
+                let seq = i64::try_from(task.last_seq).unwrap_or(i64::MAX);
+                events.extend(self.append(&task.id, seq, &[started], p.now));
+                tasks.push(ClaimedTask {
+                    task,
+                    epoch,
+                    recovery,
+                    auto_recover,
+                });
+            }
+        }
+        Ok(OpOutcome {
+            result: OpResult::Claimed {
+                tasks,
+                more: more || skipped,
+            },
+            events,
+        })
+    }
+
+    /// Appends events (and, for a step, its checkpoint) under the runner's fence.
+    async fn emit(
+        &mut self,
+        fence: &Fence,
+        events: &[NewEvent],
+        step: Option<(&String, &Value)>,
+    ) -> Result<OpOutcome> {
+        let now = super::now_ms();
+        let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
+        let bumped: Option<SeqRow> = self
+            .conn
+            .fetch_optional(
+                self.sql.bump_seq,
+                args![n, now, &fence.task_id, &fence.node, fence.epoch],
+            )
+            .await?;
+        let Some(bumped) = bumped else {
+            return Ok(result(OpResult::Fenced));
+        };
+        if let Some((name, value)) = step {
+            self.conn
+                .execute(
+                    self.sql.insert_step,
+                    args![&fence.task_id, name, value.clone(), now],
+                )
+                .await?;
+        }
+        let events = self.append(&fence.task_id, bumped.last_seq - n + 1, events, now);
+        Ok(OpOutcome {
+            result: OpResult::Applied,
+            events,
+        })
+    }
+
+    /// Every `Finish` of the batch in one fenced multi-row update.
+    async fn finish_all(&mut self, ops: &[WriteOp], out: &mut [Option<OpOutcome>]) -> Result<()> {
+        let mut rows = Vec::new();
+        let mut pending = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            let WriteOp::Finish {
+                fence,
+                attempt,
+                outcome,
+                now,
+            } = op
+            else {
+                continue;
+            };
+            let effect = finish_effect(*attempt, outcome, *now);
+            rows.push(FinishDoc {
+                id: &fence.task_id,
+                node: &fence.node,
+                epoch: fence.epoch,
+                status: effect.status.as_str(),
+                result: effect.result,
+                error: effect.error,
+                run_at: effect.run_at,
+                give_back: i64::from(effect.give_back),
+                bump: i64::from(effect.event.is_some()),
+                now: *now,
+            });
+            pending.push((i, &fence.task_id, effect.event, *now));
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let applied: Vec<SeqRow> = self
+            .conn
+            .fetch_all(self.sql.finish, args![serde_json::to_value(&rows)?])
+            .await?;
+        let applied: HashMap<String, i64> =
+            applied.into_iter().map(|r| (r.id, r.last_seq)).collect();
+        for (i, task_id, event, now) in pending {
+            out[i] = Some(match applied.get(task_id.as_str()) {
+                None => result(OpResult::Fenced),
+                Some(&last) => OpOutcome {
+                    result: OpResult::Applied,
+                    events: match event {
+                        Some(ev) => self.append(task_id, last, &[ev], now),
+                        None => vec![],
+                    },
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// A client's request: a conditional transition from the state read under lock.
+    async fn control(&mut self, id: &str, action: Control, now: i64) -> Result<OpOutcome> {
+        let row: Option<StatusRow> = self
+            .conn
+            .fetch_optional(self.sql.control_status, args![id])
+            .await?;
+        let Some(row) = row else {
+            return Ok(result(OpResult::NotFound));
+        };
+        let from = parse_status(&row.status)?;
+        let unchanged = result(OpResult::Controlled { from, to: from });
+        let Some((to, event)) = control_effect(action, from) else {
+            if action == Control::RequestStop && from == TaskStatus::Running {
+                self.conn.execute(self.sql.request_stop, args![id]).await?;
+            }
+            return Ok(unchanged);
+        };
+        let updated: Option<SeqRow> = self
+            .conn
+            .fetch_optional(
+                self.sql.control_update,
+                args![to.as_str(), now, id, from.as_str()],
+            )
+            .await?;
+        let Some(updated) = updated else {
+            return Ok(unchanged);
+        };
+        let events = self.append(id, updated.last_seq, &[event], now);
+        Ok(OpOutcome {
+            result: OpResult::Controlled { from, to },
+            events,
+        })
+    }
+
+    async fn lease_renew(&mut self, node: &str, until: i64) -> Result<OpOutcome> {
+        let rows: Vec<LeaseRow> = self
+            .conn
+            .fetch_all(self.sql.lease_renew, args![until, node])
+            .await?;
+        let leases = rows
+            .into_iter()
+            .map(|r| {
+                Ok(RenewedLease {
+                    epoch: super::rows::count(r.epoch, "epoch")?,
+                    stop_requested: r.control.as_deref() == Some("stop"),
+                    task_id: r.id,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(result(OpResult::Renewed(leases)))
+    }
+
+    /// Recovers running tasks whose lease expired (or every running task, with `all`).
+    async fn reap(&mut self, now: i64, cutoff: i64, all: bool) -> Result<OpOutcome> {
+        let rows: Vec<ReapRow> = self
+            .conn
+            .fetch_all(self.sql.reap_candidates, args![all, now])
+            .await?;
+        let mut events = Vec::new();
+        for row in &rows {
+            let decision = recovery_decision(row, row.created_at < cutoff);
+            let updated: Option<SeqRow> = self
+                .conn
+                .fetch_optional(
+                    self.sql.reap_update,
+                    args![
+                        decision.status.as_str(),
+                        decision.error,
+                        i64::from(decision.give_back),
+                        now,
+                        &row.id,
+                        i64::from(row.epoch),
+                    ],
+                )
+                .await?;
+            if let Some(updated) = updated {
+                events.extend(self.append(&row.id, updated.last_seq, &[decision.event], now));
+            }
+        }
+        let n = u64::try_from(events.len()).unwrap_or(0);
+        Ok(OpOutcome {
+            result: OpResult::Count(n),
+            events,
+        })
+    }
+
+    /// Deletes old terminal and suspended tasks with their events and steps, and old
+    /// commit markers.
+    async fn purge(
+        &mut self,
+        terminal_before: i64,
+        suspended_before: i64,
+        batches_before: i64,
+    ) -> Result<OpOutcome> {
+        let ids: Vec<IdRow> = self
+            .conn
+            .fetch_all(
+                self.sql.purge_ids,
+                args![terminal_before, suspended_before, PURGE_LIMIT],
+            )
+            .await?;
+        if !ids.is_empty() {
+            let ids = Value::from(ids.iter().map(|r| r.id.as_str()).collect::<Vec<_>>());
+            for sql in [
+                self.sql.purge_events,
+                self.sql.purge_steps,
+                self.sql.purge_tasks,
+            ] {
+                self.conn.execute(sql, args![ids.clone()]).await?;
+            }
+        }
+        self.conn
+            .execute(self.sql.purge_batches, args![batches_before])
+            .await?;
+        let n = u64::try_from(ids.len()).unwrap_or(0);
+        Ok(result(OpResult::Count(n)))
+    }
+
+    async fn flush_events(&mut self) -> Result<()> {
+        if self.events.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<EventDoc<'_>> = self.events.iter().map(EventDoc::from).collect();
+        let rows = serde_json::to_value(&rows)?;
+        self.conn
+            .execute(self.sql.insert_events, args![rows])
+            .await?;
+        Ok(())
+    }
+
+    /// Wakes other processes: subscribers of tasks with new events, executors when work
+    /// became claimable. Only backends shared between processes have statements for it.
+    async fn notify(&mut self, instance: &str, ops: &[WriteOp], out: &[OpOutcome]) -> Result<()> {
+        if let Some(sql) = self.sql.notify_events {
+            let tasks: BTreeSet<String> = out
+                .iter()
+                .flat_map(|o| o.events.iter().map(|e| format!("{instance}:{}", e.task_id)))
+                .collect();
+            if !tasks.is_empty() {
+                let tasks = Value::from(tasks.into_iter().collect::<Vec<_>>());
+                self.conn.execute(sql, args![tasks]).await?;
+            }
+        }
+        if let Some(sql) = self.sql.notify_work
+            && ops.iter().zip(out).any(|(op, o)| creates_work(op, o))
+        {
+            self.conn
+                .execute(sql, args![format!("{instance}:")])
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn result(result: OpResult) -> OpOutcome {
+    OpOutcome {
+        result,
+        events: vec![],
+    }
+}
+
+/// The outcome of a submit that attached to `task`.
+fn existing(task: TaskInfo) -> OpOutcome {
+    result(OpResult::Submitted {
+        task: Box::new(task),
+        created: false,
+        claimed: false,
+    })
+}
+
+/// Whether a committed op left claimable work behind.
+fn creates_work(op: &WriteOp, o: &OpOutcome) -> bool {
+    match (op, &o.result) {
+        (WriteOp::Submit(p), OpResult::Submitted { created: true, .. }) => p.claim.is_none(),
+        (WriteOp::Finish { outcome, .. }, OpResult::Applied) => {
+            matches!(outcome, Finish::Retry { .. } | Finish::Release)
+        }
+        (WriteOp::Control { .. }, OpResult::Controlled { from, to }) => {
+            from != to && *to == TaskStatus::Pending
+        }
+        (WriteOp::Reap { .. }, OpResult::Count(n)) => *n > 0,
+        _ => false,
+    }
+}
+
+/// A new task as the bulk insert reads it.
+#[derive(Serialize)]
+struct NewTaskDoc<'a> {
+    id: &'a str,
+    name: &'a str,
+    key: &'a str,
+    usr: &'a str,
+    input: &'a Value,
+    status: &'static str,
+    attempt: u32,
+    max_attempts: u32,
+    max_recoveries: u32,
+    auto_recover: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease: Option<i64>,
+    epoch: u32,
+    now: i64,
+    last_seq: u64,
+}
+
+impl<'a> NewTaskDoc<'a> {
+    fn new(p: &'a SubmitParams) -> Self {
+        let (status, attempt, epoch, last_seq) = submit_shape(p);
+        Self {
+            id: &p.id,
+            name: &p.name,
+            key: &p.key,
+            usr: p.user_id.as_deref().unwrap_or(""),
+            input: &p.input,
+            status: status.as_str(),
+            attempt,
+            max_attempts: p.max_attempts,
+            max_recoveries: p.max_recoveries,
+            auto_recover: p.auto_recover,
+            node: p.claim.as_ref().map(|c| c.node.as_str()),
+            lease: p.claim.as_ref().map(|c| c.lease_until),
+            epoch,
+            now: p.now,
+            last_seq,
+        }
+    }
+}
+
+/// An attempt's outcome as the bulk finish reads it.
+#[derive(Serialize)]
+struct FinishDoc<'a> {
+    id: &'a str,
+    node: &'a str,
+    epoch: u32,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run_at: Option<i64>,
+    give_back: i64,
+    bump: i64,
+    now: i64,
+}
+
+/// An event as the bulk insert reads it.
+#[derive(Serialize)]
+struct EventDoc<'a> {
+    task_id: &'a str,
+    seq: u64,
+    kind: &'static str,
+    name: &'a str,
+    payload: &'a Value,
+    created_at: i64,
+}
+
+impl<'a> From<&'a TaskEvent> for EventDoc<'a> {
+    fn from(e: &'a TaskEvent) -> Self {
+        Self {
+            task_id: &e.task_id,
+            seq: e.seq,
+            kind: e.kind.as_str(),
+            name: &e.name,
+            payload: &e.payload,
+            created_at: e.created_at,
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! [`SqlStore`]: the one [`Storage`] implementation, generic over a [`Driver`].
+//!
+//! Exactly-once writes: every batch inserts a commit marker (its id) in its own
+//! transaction. When the COMMIT reports an error, the marker is looked up: present means
+//! the database committed and the batch's outcomes stand (returned as if nothing failed);
+//! absent means nothing of the batch was applied, so it is safe to try its ops again.
+//! A batch is never re-applied on a guess.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio::sync::broadcast;
+use tracing::warn;
+
+use super::batch::Batch;
+use super::driver::Driver;
+use super::ops::{OpOutcome, WriteOp};
+use super::rows::{CountRow, EventRow, IdRow, StepRow, TaskRow};
+use super::sql::{SqlConn, args};
+use super::{Backend, Faults, Notice, Storage};
+use crate::error::{Error, Result};
+use crate::event::TaskEvent;
+use crate::task::TaskInfo;
+
+/// How long a batch whose COMMIT failed waits for the database to say whether it
+/// committed, before its callers get [`Error::OutcomeUnknown`].
+const MARKER_CHECK_DEADLINE: Duration = Duration::from_secs(60);
+
+/// A store: the batch algorithm over one driver's dialect and connections.
+#[derive(Debug)]
+pub(crate) struct SqlStore<D> {
+    driver: D,
+    faults: Faults,
+}
+
+impl<D: Driver> SqlStore<D> {
+    pub(crate) fn new(driver: D) -> Self {
+        Self {
+            driver,
+            faults: Faults::default(),
+        }
+    }
+
+    pub(crate) fn driver(&self) -> &D {
+        &self.driver
+    }
+
+    /// Decides an ambiguous COMMIT by its marker: the outcomes if the batch committed, the
+    /// commit's error if it did not.
+    async fn settle(
+        &self,
+        batch_id: &str,
+        out: Vec<OpOutcome>,
+        commit_error: Error,
+    ) -> Result<Vec<OpOutcome>> {
+        let deadline = tokio::time::Instant::now() + MARKER_CHECK_DEADLINE;
+        let mut delay = Duration::from_millis(20);
+        loop {
+            match self.committed(batch_id).await {
+                Ok(true) => {
+                    warn!(error = %commit_error, "commit reported an error but the batch committed");
+                    return Ok(out);
+                }
+                Ok(false) => return Err(commit_error),
+                Err(e) if matches!(e, Error::ShuttingDown) => return Err(Error::OutcomeUnknown),
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    warn!(error = %e, "cannot tell whether a batch committed");
+                    return Err(Error::OutcomeUnknown);
+                }
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    async fn committed(&self, batch_id: &str) -> Result<bool> {
+        let mut conn = self.driver.reader().acquire().await?;
+        let row: Option<CountRow> = conn
+            .fetch_optional(D::SQL.batch_committed, args![batch_id])
+            .await?;
+        Ok(row.is_some_and(|r| r.n > 0))
+    }
+}
+
+#[async_trait]
+impl<D: Driver> Storage for SqlStore<D> {
+    fn backend(&self) -> Backend {
+        D::BACKEND
+    }
+
+    fn is_exclusive(&self) -> bool {
+        self.driver.is_exclusive()
+    }
+
+    async fn write_batch(&self, ops: &[WriteOp]) -> Result<Vec<OpOutcome>> {
+        let batch_id = uuid::Uuid::now_v7().simple().to_string();
+        let mut tx = self.driver.writer().begin().await?;
+        let out = Batch::new(&mut *tx, D::SQL)
+            .apply(&batch_id, self.driver.instance(), ops)
+            .await?;
+        if Faults::take(&self.faults.fail_before_commit) {
+            tx.rollback().await?;
+            return Err(Error::injected("rolled back"));
+        }
+        let committed = tx.commit().await;
+        let ambiguous = Faults::take(&self.faults.commit_then_fail);
+        match committed {
+            Ok(()) if !ambiguous => Ok(out),
+            Ok(()) => {
+                self.settle(
+                    &batch_id,
+                    out,
+                    Error::injected("committed, reported failed"),
+                )
+                .await
+            }
+            Err(e) => self.settle(&batch_id, out, e.into()).await,
+        }
+    }
+
+    async fn task_by_key(&self, key: &str, user: Option<&str>) -> Result<Option<TaskInfo>> {
+        let mut conn = self.driver.reader().acquire().await?;
+        let row: Option<TaskRow> = conn
+            .fetch_optional(D::SQL.task_by_key, args![key, user.unwrap_or("")])
+            .await?;
+        row.map(TaskInfo::try_from).transpose()
+    }
+
+    async fn task_by_id(&self, id: &str) -> Result<Option<TaskInfo>> {
+        let mut conn = self.driver.reader().acquire().await?;
+        let row: Option<TaskRow> = conn.fetch_optional(D::SQL.task_by_id, args![id]).await?;
+        row.map(TaskInfo::try_from).transpose()
+    }
+
+    async fn events_after(
+        &self,
+        task_id: &str,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<TaskEvent>> {
+        let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+        let mut conn = self.driver.reader().acquire().await?;
+        let rows: Vec<EventRow> = conn
+            .fetch_all(D::SQL.events_after, args![task_id, after, i64::from(limit)])
+            .await?;
+        rows.into_iter().map(TaskEvent::try_from).collect()
+    }
+
+    async fn steps(&self, task_id: &str) -> Result<HashMap<String, Value>> {
+        let mut conn = self.driver.reader().acquire().await?;
+        let rows: Vec<StepRow> = conn.fetch_all(D::SQL.steps, args![task_id]).await?;
+        Ok(rows.into_iter().map(|r| (r.name, r.result.0)).collect())
+    }
+
+    async fn tasks_failed(&self, limit: u32) -> Result<Vec<TaskInfo>> {
+        let mut conn = self.driver.reader().acquire().await?;
+        let rows: Vec<TaskRow> = conn
+            .fetch_all(D::SQL.tasks_failed, args![i64::from(limit)])
+            .await?;
+        rows.into_iter().map(TaskInfo::try_from).collect()
+    }
+
+    async fn tasks_pending_count(&self) -> Result<u64> {
+        let mut conn = self.driver.reader().acquire().await?;
+        let row: Option<CountRow> = conn.fetch_optional(D::SQL.pending_count, args![]).await?;
+        Ok(row.map_or(0, |r| u64::try_from(r.n).unwrap_or(0)))
+    }
+
+    async fn tasks_still_pending(&self, ids: &[String]) -> Result<Vec<String>> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut conn = self.driver.reader().acquire().await?;
+        let rows: Vec<IdRow> = conn
+            .fetch_all(D::SQL.still_pending, args![Value::from(ids.to_vec())])
+            .await?;
+        Ok(rows.into_iter().map(|r| r.id).collect())
+    }
+
+    fn notices(&self) -> Option<broadcast::Receiver<Notice>> {
+        self.driver.notices()
+    }
+
+    fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    async fn health(&self) -> Result<()> {
+        let mut conn = self.driver.reader().acquire().await?;
+        conn.execute(D::SQL.health, args![]).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.driver.close().await;
+    }
+}

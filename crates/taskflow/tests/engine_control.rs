@@ -625,3 +625,86 @@ async fn shutdown_is_single_flight_and_bounded() {
     );
     flow.shutdown().await;
 }
+
+/// COMMITs that fail after the database committed (the connection dropped on the way
+/// back) are settled by the batch's commit marker: callers get the first outcome, nothing
+/// is applied twice, no event is lost or repeated, no claimed task is left without a runner.
+#[tokio::test]
+async fn ambiguous_commits_neither_duplicate_nor_lose_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = taskflow::testing::storage(
+        SqliteStore::open(dir.path().join("tasks.db"))
+            .await
+            .unwrap(),
+    );
+    let flow = taskflow::testing::start_on(store.clone(), fast_config())
+        .await
+        .unwrap();
+    flow.register("count", |ctx: TaskContext, n: u32| async move {
+        for i in 1..=n {
+            ctx.step(&format!("tick-{i}"), async {
+                ctx.emit("tick", json!({ "i": i })).await?;
+                Ok(())
+            })
+            .await?;
+            ctx.emit("between", json!({ "i": i })).await?;
+        }
+        Ok::<_, TaskError>(n)
+    })
+    .unwrap();
+    // Arm one ambiguous commit after another while tasks are submitted, claimed, emit,
+    // checkpoint and finish.
+    let armed = Arc::new(AtomicBool::new(true));
+    let arming = {
+        let (store, armed) = (store.clone(), armed.clone());
+        tokio::spawn(async move {
+            let mut injected = 0u32;
+            while armed.load(Ordering::SeqCst) {
+                if store.faults().commit_then_fail.load(Ordering::SeqCst) == 0 {
+                    store.faults().commit_then_fail.store(1, Ordering::SeqCst);
+                    injected += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            injected
+        })
+    };
+    let mut keys = Vec::new();
+    for i in 0..20u32 {
+        let s = flow
+            .submit(
+                "count",
+                5,
+                SubmitOptions::new().idempotency_key(format!("k{i}")),
+            )
+            .await
+            .unwrap();
+        keys.push(s.handle().idempotency_key.clone());
+    }
+    for key in &keys {
+        let events = all_events(&flow, key, None, 0).await;
+        assert_gapless(&events, 0);
+        let ticks: Vec<_> = events
+            .iter()
+            .filter(|e| e.name == "tick")
+            .map(|e| e.payload["i"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            ticks,
+            [1, 2, 3, 4, 5],
+            "{key}: every checkpointed tick once"
+        );
+        let between = events.iter().filter(|e| e.name == "between").count();
+        assert_eq!(between, 5, "{key}: no emit applied twice");
+        assert_eq!(
+            events.iter().filter(|e| e.name == "started").count(),
+            1,
+            "{key}"
+        );
+        assert_eq!(events.last().unwrap().name, "completed");
+    }
+    armed.store(false, Ordering::SeqCst);
+    let injected = arming.await.unwrap();
+    assert!(injected >= 10, "faults were injected ({injected})");
+    flow.shutdown().await;
+}

@@ -191,3 +191,89 @@ async fn a_dead_nodes_expired_lease_is_recovered_by_another_node() {
 fn uuid_like() -> String {
     format!("orphan-{}", fastrand::u64(..))
 }
+
+/// A submit-only node keeps local state (the user's context, the trace parent) for the
+/// tasks it submitted only until they leave it: after another node ran all of them, the
+/// submitting node holds nothing — no user token lingers for the life of the process.
+#[tokio::test]
+async fn local_state_of_tasks_run_on_another_node_is_dropped() {
+    const TASKS: usize = 1_000;
+    let Some(opts) = pg_schema().await else {
+        return;
+    };
+    let pool = |n| {
+        PgPoolOptions::new()
+            .max_connections(n)
+            .connect_with(opts.clone())
+    };
+    let config = fast_config().poll_interval(Duration::from_millis(100));
+    let submitter = TaskFlow::start(
+        PostgresStore::new(pool(4).await.unwrap()).await.unwrap(),
+        config.clone().run_tasks(false),
+    )
+    .await
+    .unwrap();
+    let runner = TaskFlow::start(
+        PostgresStore::new(pool(6).await.unwrap()).await.unwrap(),
+        config,
+    )
+    .await
+    .unwrap();
+    let ran_on = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+    for flow in [&submitter, &runner] {
+        let me = flow.node_id().to_owned();
+        let ran_on = ran_on.clone();
+        flow.register("quick", move |_ctx: TaskContext, _: usize| {
+            let (me, ran_on) = (me.clone(), ran_on.clone());
+            async move {
+                *ran_on.lock().unwrap().entry(me).or_default() += 1;
+                Ok::<_, TaskError>(())
+            }
+        })
+        .unwrap();
+    }
+    let mut keys = Vec::with_capacity(TASKS);
+    let mut held = 0;
+    for chunk in (0..TASKS).collect::<Vec<_>>().chunks(50) {
+        let submits = chunk.iter().map(|&i| {
+            let options = SubmitOptions::new()
+                .user(format!("user-{}", i % 7))
+                .user_context(format!("token-{i}"));
+            submitter.submit("quick", i, options)
+        });
+        for s in futures_util::future::join_all(submits).await {
+            keys.push((s.unwrap().handle().idempotency_key.clone(), keys.len() % 7));
+        }
+        held = held.max(submitter.stats().local_tasks);
+    }
+    assert!(
+        held > 0,
+        "the submitting node did hold local state for its submits"
+    );
+    for (key, user) in &keys {
+        wait_status(
+            &submitter,
+            key,
+            Some(&format!("user-{user}")),
+            taskflow::TaskStatus::Completed,
+        )
+        .await;
+    }
+    let ran_on = ran_on.lock().unwrap().clone();
+    assert_eq!(
+        ran_on.get(submitter.node_id()),
+        None,
+        "the submit-only node ran nothing"
+    );
+    assert_eq!(ran_on.get(runner.node_id()), Some(&TASKS));
+    wait_for("the submitting node to drop all local state", || async {
+        (submitter.stats().local_tasks == 0).then_some(())
+    })
+    .await;
+    wait_for("the running node to drop all local state", || async {
+        (runner.stats().local_tasks == 0 && runner.stats().running == 0).then_some(())
+    })
+    .await;
+    submitter.shutdown().await;
+    runner.shutdown().await;
+}

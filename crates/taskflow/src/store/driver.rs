@@ -31,13 +31,18 @@ pub(crate) trait Driver: Send + Sync + Debug + 'static {
     fn reader(&self) -> &Pool<Self::Db>;
 
     /// `true` when this process is the only writer.
-    fn is_exclusive(&self) -> bool;
+    const EXCLUSIVE: bool;
 
-    /// Cross-process hints, for a shared store.
-    fn notices(&self) -> Option<broadcast::Receiver<Notice>>;
+    /// Cross-process hints, for a shared store (none by default).
+    fn notices(&self) -> Option<broadcast::Receiver<Notice>> {
+        None
+    }
 
-    /// A name for this process in notifications, so it can skip its own.
-    fn instance(&self) -> &str;
+    /// A name for this process in notifications, so it can skip its own (none needed by
+    /// default).
+    fn instance(&self) -> &str {
+        ""
+    }
 
     /// Stops background work and releases what the driver owns. Idempotent.
     async fn close(&self);

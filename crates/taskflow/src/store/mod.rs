@@ -60,6 +60,36 @@ mod sealed {
     }
 }
 
+/// Declares a public store type: a handle on the one [`Storage`] implementation over a
+/// driver, sealed as a [`Store`].
+macro_rules! store_type {
+    ($(#[$doc:meta])* $store:ident($driver:ty)) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $store {
+            inner: std::sync::Arc<$crate::store::sql_store::SqlStore<$driver>>,
+        }
+
+        impl $store {
+            fn from_driver(driver: $driver) -> Self {
+                let store = $crate::store::sql_store::SqlStore::new(driver);
+                Self { inner: std::sync::Arc::new(store) }
+            }
+
+            fn driver(&self) -> &$driver {
+                self.inner.driver()
+            }
+        }
+
+        impl $crate::store::sealed::Sealed for $store {
+            fn into_storage(self) -> std::sync::Arc<dyn $crate::store::Storage> {
+                self.inner
+            }
+        }
+    };
+}
+use store_type;
+
 /// A durable backend the engine can start on: [`SqliteStore`] or [`PostgresStore`].
 ///
 /// This trait is sealed: the engine's write protocol is internal, so stores cannot be

@@ -6,7 +6,6 @@
 //! turns into [`Notice`]s — wake-up hints only, since notifications can be lost while the
 //! listener reconnects; subscribers and executors also poll.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,8 +19,7 @@ use tracing::{debug, warn};
 use super::driver::Driver;
 use super::rows::task_columns;
 use super::sql::Sql;
-use super::sql_store::SqlStore;
-use super::{Backend, Notice, Storage};
+use super::{Backend, Notice};
 use crate::error::Result;
 
 const EVENTS_CHANNEL: &str = "taskflow_events";
@@ -30,12 +28,11 @@ const WORK_CHANNEL: &str = "taskflow_work";
 /// First and longest wait between attempts to (re)establish the `LISTEN` connection.
 const LISTEN_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 
-/// The Postgres store. Create it with [`PostgresStore::new`] on a pool (for example the
-/// `appkit-lakebase` pool) and pass it to [`TaskFlow::start`](crate::TaskFlow::start).
-#[derive(Debug)]
-pub struct PostgresStore {
-    inner: Arc<SqlStore<PgDriver>>,
-}
+super::store_type!(
+    /// The Postgres store. Create it with [`PostgresStore::new`] on a pool (for example the
+    /// `appkit-lakebase` pool) and pass it to [`TaskFlow::start`](crate::TaskFlow::start).
+    PostgresStore(PgDriver)
+);
 
 impl PostgresStore {
     /// Applies migrations on `pool` and starts the shared `LISTEN` connection.
@@ -64,20 +61,12 @@ impl PostgresStore {
             driver.notices.clone(),
             driver.stop.clone(),
         ));
-        Ok(Self {
-            inner: Arc::new(SqlStore::new(driver)),
-        })
+        Ok(Self::from_driver(driver))
     }
 
     /// The pool this store runs on.
     pub fn pool(&self) -> &PgPool {
-        &self.inner.driver().pool
-    }
-}
-
-impl super::sealed::Sealed for PostgresStore {
-    fn into_storage(self) -> Arc<dyn Storage> {
-        self.inner
+        &self.driver().pool
     }
 }
 
@@ -160,6 +149,7 @@ impl Driver for PgDriver {
     type Db = Postgres;
     const BACKEND: Backend = Backend::Postgres;
     const SQL: &'static Sql = &SQL;
+    const EXCLUSIVE: bool = false;
 
     fn writer(&self) -> &PgPool {
         &self.pool
@@ -167,10 +157,6 @@ impl Driver for PgDriver {
 
     fn reader(&self) -> &PgPool {
         &self.pool
-    }
-
-    fn is_exclusive(&self) -> bool {
-        false
     }
 
     fn notices(&self) -> Option<broadcast::Receiver<Notice>> {

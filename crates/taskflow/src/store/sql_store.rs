@@ -64,7 +64,7 @@ impl<D: Driver> SqlStore<D> {
                     return Ok(out);
                 }
                 Ok(false) => return Err(commit_error),
-                Err(e) if matches!(e, Error::ShuttingDown) => return Err(Error::OutcomeUnknown),
+                Err(Error::ShuttingDown) => return Err(Error::OutcomeUnknown),
                 Err(e) if tokio::time::Instant::now() >= deadline => {
                     warn!(error = %e, "cannot tell whether a batch committed");
                     return Err(Error::OutcomeUnknown);
@@ -93,7 +93,7 @@ impl<D: Driver> Storage for SqlStore<D> {
     }
 
     fn is_exclusive(&self) -> bool {
-        self.driver.is_exclusive()
+        D::EXCLUSIVE
     }
 
     async fn write_batch(&self, ops: &[WriteOp]) -> Result<Vec<OpOutcome>> {

@@ -3,7 +3,6 @@
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,15 +11,13 @@ use sqlx::sqlite::{
     SqliteSynchronous as Sync,
 };
 use sqlx::{Connection, Sqlite};
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::Backend;
 use super::driver::Driver;
 use super::rows::task_columns;
 use super::sql::Sql;
-use super::sql_store::SqlStore;
-use super::{Backend, Notice, Storage};
 use crate::error::{Error, Result};
 
 /// How hard SQLite syncs on commit.
@@ -33,15 +30,15 @@ pub enum SqliteSynchronous {
     Full,
 }
 
-/// The embedded SQLite store. Open it with [`SqliteStore::open`] and pass it to
-/// [`TaskFlow::start`](crate::TaskFlow::start).
-///
-/// An advisory lock on `<file>.lock` makes one process the owner of the database; the OS
-/// releases it when the process dies, so a SIGKILLed process never blocks its successor.
-#[derive(Debug)]
-pub struct SqliteStore {
-    inner: Arc<SqlStore<SqliteDriver>>,
-}
+super::store_type!(
+    /// The embedded SQLite store. Open it with [`SqliteStore::open`] and pass it to
+    /// [`TaskFlow::start`](crate::TaskFlow::start).
+    ///
+    /// An advisory lock on `<file>.lock` makes one process the owner of the database; the
+    /// OS releases it when the process dies, so a SIGKILLed process never blocks its
+    /// successor.
+    SqliteStore(SqliteDriver)
+);
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` with `synchronous=NORMAL`, takes
@@ -69,21 +66,14 @@ impl SqliteStore {
     ///
     /// As for [`open`](Self::open).
     pub async fn open_with(path: impl AsRef<Path>, sync: SqliteSynchronous) -> Result<Self> {
-        let driver = SqliteDriver::open(path.as_ref(), sync).await?;
-        Ok(Self {
-            inner: Arc::new(SqlStore::new(driver)),
-        })
+        Ok(Self::from_driver(
+            SqliteDriver::open(path.as_ref(), sync).await?,
+        ))
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
-        &self.inner.driver().path
-    }
-}
-
-impl super::sealed::Sealed for SqliteStore {
-    fn into_storage(self) -> Arc<dyn Storage> {
-        self.inner
+        &self.driver().path
     }
 }
 
@@ -192,6 +182,7 @@ impl Driver for SqliteDriver {
     type Db = Sqlite;
     const BACKEND: Backend = Backend::Sqlite;
     const SQL: &'static Sql = &SQL;
+    const EXCLUSIVE: bool = true;
 
     fn writer(&self) -> &SqlitePool {
         &self.writer
@@ -199,18 +190,6 @@ impl Driver for SqliteDriver {
 
     fn reader(&self) -> &SqlitePool {
         &self.reader
-    }
-
-    fn is_exclusive(&self) -> bool {
-        true
-    }
-
-    fn notices(&self) -> Option<broadcast::Receiver<Notice>> {
-        None
-    }
-
-    fn instance(&self) -> &str {
-        ""
     }
 
     async fn close(&self) {

@@ -1,4 +1,4 @@
-//! The SSE wire contract of DESIGN.md §4, frame by frame, against the real binary.
+//! The SSE wire contract (`docs/host.md`), frame by frame, against the real binary.
 
 mod common;
 

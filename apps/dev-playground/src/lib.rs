@@ -1,4 +1,4 @@
-//! The dev-playground's demo plugin (DESIGN.md §9): `count`, `flaky` and `sleep` tasks
+//! The dev-playground's demo plugin: `count`, `flaky` and `sleep` tasks
 //! streamed over SSE, the task routes, and a web page at `/`.
 
 use std::time::Duration;

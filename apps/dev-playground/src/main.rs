@@ -1,6 +1,6 @@
 //! dev-playground: the example appkit server.
 //!
-//! Serves the `demo` plugin (DESIGN.md §9) and a web page that starts a count, shows its
+//! Serves the `demo` plugin and a web page that starts a count, shows its
 //! progress live, re-attaches after a reload, and can stop, resume and cancel it.
 //!
 //! ```text

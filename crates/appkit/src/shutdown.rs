@@ -1,4 +1,4 @@
-//! The single-flight shutdown coordinator (DESIGN.md §5).
+//! The single-flight shutdown coordinator (its order and deadline: `docs/host.md`).
 //!
 //! SIGINT, SIGTERM and [`ShutdownHandle::trigger`] all go to one latch: the first starts
 //! the sequence, every later one is logged at debug and changes nothing. The sequence runs

@@ -574,7 +574,7 @@ impl TaskFlow {
     }
 
     /// [`drain`](Self::drain) then [`close`](Self::close): the whole engine shutdown of
-    /// DESIGN §2, once. Later and concurrent calls wait for the same shutdown.
+    /// `docs/taskflow.md`, once. Later and concurrent calls wait for the same shutdown.
     ///
     /// # Cancellation safety
     ///

@@ -149,7 +149,7 @@ impl PluginContext {
     }
 
     /// Submits task `name` for `user` (or attaches to the task it duplicates) and answers
-    /// with its events as SSE (DESIGN.md §4): header `X-AppKit-Task-Idempotency-Key`, a
+    /// with its events as SSE (the wire contract, `docs/host.md`): header `X-AppKit-Task-Idempotency-Key`, a
     /// `ready` frame, then each event with `id: <seq>` until the task ends.
     ///
     /// # Errors

@@ -30,7 +30,7 @@ pub(crate) struct BridgeParams {
     pub(crate) keepalive: Duration,
 }
 
-/// Builds the SSE response for a bridge (DESIGN §4).
+/// Builds the SSE response for a bridge (the wire contract in `docs/host.md`).
 ///
 /// # Errors
 ///

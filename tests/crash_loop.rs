@@ -6,6 +6,8 @@
 //!
 //! `CRASH_KILLS` sets the number of kills (default 30).
 
+#![allow(clippy::unwrap_used, clippy::print_stdout, missing_docs)]
+
 mod common;
 #[path = "common/pg.rs"]
 mod pg;

@@ -67,7 +67,14 @@ async fn another_user_gets_404_on_every_task_route() {
 #[tokio::test]
 async fn production_answers_401_without_a_user() {
     let dir = temp_dir();
-    let server = Server::start(dir.path(), &[("APPKIT_ENV", "production")]).await;
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("APPKIT_ENV", "production"),
+            ("APPKIT_TRUST_FORWARDED_USER", "true"),
+        ],
+    )
+    .await;
     let no_user = common::request(
         server.addr,
         "POST",

@@ -250,6 +250,33 @@ impl Server {
     }
 }
 
+/// Runs the binary with the base environment and `extra` (which wins) until it exits by
+/// itself (a start-up that must fail), within `DEADLINE`; its exit status and every line
+/// it wrote (stdout and stderr).
+pub async fn run_to_exit(dir: &Path, extra: &[(&str, &str)]) -> (ExitStatus, String) {
+    let mut env = base_env(dir);
+    for (k, v) in extra {
+        env.retain(|(name, _)| name != k);
+        env.push(((*k).to_owned(), (*v).to_owned()));
+    }
+    let child = Command::new(binary())
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e} (is it built?)", binary()));
+    let output = tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("server still running after {DEADLINE:?}"))
+        .expect("wait for child");
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status, text)
+}
+
 /// The address of a `listening on http://ADDR` line, plain text or JSON (production).
 fn listening_addr(line: &str) -> Option<SocketAddr> {
     let rest = line.split("listening on http://").nth(1)?;

@@ -5,11 +5,11 @@
 //! | variable | meaning | default |
 //! | --- | --- | --- |
 //! | `RUST_LOG` | log/span filter (`tracing_subscriber::EnvFilter` syntax) | `info,opentelemetry=warn` |
-//! | `APPKIT_ENV` | `production` → JSON logs, `development` → human-readable logs | `development` |
+//! | `APPKIT_ENV` | `production` → JSON logs, `development` → human-readable logs | `production` when `DATABRICKS_APP_NAME` is set, else `development` |
 //! | `OTEL_SDK_DISABLED` | `true` turns every exporter off | `false` |
 //! | `OTEL_SERVICE_NAME` | `service.name` resource attribute | see below |
 //! | `OTEL_RESOURCE_ATTRIBUTES` | extra resource attributes, `key=value,key2=value2` (values percent-decoded) | none |
-//! | `DATABRICKS_APP_NAME` | service name when `OTEL_SERVICE_NAME` and `service.name` are absent | — |
+//! | `DATABRICKS_APP_NAME` | service name when `OTEL_SERVICE_NAME` and `service.name` are absent; JSON logs when `APPKIT_ENV` is unset | — |
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT` | base URL for every signal (`/v1/{traces,metrics,logs}` appended for http/protobuf) | none: no export |
 //! | `OTEL_EXPORTER_OTLP_{TRACES,METRICS,LOGS}_ENDPOINT` | full URL for one signal, used as-is | the base URL |
 //! | `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_EXPORTER_OTLP_{SIGNAL}_PROTOCOL` | `http/protobuf` or `grpc` | `http/protobuf` |
@@ -426,6 +426,13 @@ impl Parser<'_> {
 
     fn log_format(&mut self) -> LogFormat {
         match self.var("APPKIT_ENV").as_deref().map(str::trim) {
+            // Unset: production on Databricks Apps (as the host decides), else development.
+            None if self
+                .var("DATABRICKS_APP_NAME")
+                .is_some_and(|v| !v.trim().is_empty()) =>
+            {
+                LogFormat::Json
+            }
             None | Some("development") => LogFormat::Pretty,
             Some("production") => LogFormat::Json,
             Some(other) => {

@@ -14,7 +14,7 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::error::{Error, Result, host_middleware};
-use crate::extract::RequestPolicy;
+use crate::extract::{RequestPolicy, UserContext, UserExtractor};
 use crate::plugin::{Plugin, PluginContext, SetupContext, valid_plugin_name};
 use crate::shutdown::{CloseHooks, Sequence, ShutdownHandle, listen_for_signals};
 use crate::stream::{BridgeRegistry, DisconnectPolicy};
@@ -29,6 +29,7 @@ pub struct AppBuilder {
     static_dir: Option<PathBuf>,
     hooks: CloseHooks,
     telemetry: Option<TelemetryGuard>,
+    user_extractor: Option<UserExtractor>,
 }
 
 impl fmt::Debug for AppBuilder {
@@ -41,6 +42,7 @@ impl fmt::Debug for AppBuilder {
             .field("static_dir", &self.static_dir)
             .field("close_hooks", &self.hooks)
             .field("telemetry", &self.telemetry)
+            .field("user_extractor", &self.user_extractor.is_some())
             .finish()
     }
 }
@@ -69,6 +71,31 @@ impl AppBuilder {
         Fut: Future<Output = ()> + Send + 'static,
     {
         self.hooks.push(service, close);
+        self
+    }
+
+    /// Finds the request's user with `extract` instead of the platform proxy's
+    /// `X-Forwarded-*` headers, which are then never read (whatever
+    /// `APPKIT_TRUST_FORWARDED_USER` says). `extract` returns `Ok(None)` when the request
+    /// has no user: routes that need one answer 401 in production, and development stands
+    /// in the local user as usual. Its error is the request's answer.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # struct MyPlugin;
+    /// # impl appkit::Plugin for MyPlugin { fn name(&self) -> &str { "mine" } }
+    /// use appkit::UserContext;
+    /// let builder = appkit::App::builder().plugin(MyPlugin).user_extractor(|parts| {
+    ///     // e.g. a session the app verified itself
+    ///     Ok(parts.extensions.get::<UserContext>().cloned())
+    /// });
+    /// ```
+    pub fn user_extractor<F>(mut self, extract: F) -> Self
+    where
+        F: Fn(&axum::http::request::Parts) -> Result<Option<UserContext>> + Send + Sync + 'static,
+    {
+        self.user_extractor = Some(Arc::new(extract));
         self
     }
 
@@ -121,8 +148,16 @@ impl AppBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidPluginName`], [`Error::DuplicatePlugin`].
+    /// [`Error::InvalidPluginName`], [`Error::DuplicatePlugin`];
+    /// [`Error::UntrustedIdentity`] in production outside Databricks Apps when
+    /// `APPKIT_TRUST_FORWARDED_USER` is unset and the app installed no
+    /// [`user_extractor`](Self::user_extractor).
     pub fn build(self, config: Config) -> Result<App> {
+        let trust_forwarded_user = match config.forwarded_user_trust() {
+            Ok(trust) => trust,
+            Err(_) if self.user_extractor.is_some() => false,
+            Err(e) => return Err(Error::UntrustedIdentity(e)),
+        };
         let mut seen = std::collections::HashSet::new();
         for plugin in &self.plugins {
             let name = plugin.name();
@@ -133,10 +168,16 @@ impl AppBuilder {
                 return Err(Error::DuplicatePlugin(name.to_owned()));
             }
         }
+        let policy = RequestPolicy {
+            production: config.is_production(),
+            trust_forwarded_user: trust_forwarded_user && self.user_extractor.is_none(),
+            extractor: self.user_extractor,
+        };
         Ok(App {
             config: Arc::new(config),
             plugins: self.plugins,
             static_dir: self.static_dir,
+            policy,
             hooks: self.hooks,
             telemetry: self.telemetry.map_or_else(Telemetry::off, Telemetry::Ready),
             shutdown: ShutdownHandle::new(),
@@ -163,6 +204,7 @@ pub struct App {
     config: Arc<Config>,
     plugins: Vec<Box<dyn Plugin>>,
     static_dir: Option<PathBuf>,
+    policy: RequestPolicy,
     hooks: CloseHooks,
     telemetry: Telemetry,
     shutdown: ShutdownHandle,
@@ -285,10 +327,12 @@ impl App {
             config,
             plugins,
             static_dir,
+            policy,
             mut hooks,
             shutdown,
             telemetry: _,
         } = self;
+        log_deployment(&config, &policy);
         let services::Services { taskflow, lakebase } =
             services::start(&config, &mut hooks).await?;
         let mut ready = Vec::with_capacity(plugins.len());
@@ -329,7 +373,7 @@ impl App {
         let static_dir =
             static_files::resolve_dir(config.static_dir.as_deref(), static_dir.as_deref());
         let health = health::routes(taskflow.clone(), lakebase, shutdown.clone());
-        let router = router(&config, &cx, &ready, static_dir, health);
+        let router = router(&config, policy, &cx, &ready, static_dir, health);
         Ok(Started {
             router,
             taskflow,
@@ -341,8 +385,37 @@ impl App {
     }
 }
 
+/// Logs the environment and why, and whose word identifies users.
+fn log_deployment(config: &Config, policy: &RequestPolicy) {
+    let env = if config.is_production() {
+        "production"
+    } else {
+        "development"
+    };
+    info!(
+        environment = env,
+        "environment: {env} ({})",
+        config.env_source.reason()
+    );
+    let identity = match (&policy.extractor, policy.trust_forwarded_user) {
+        (Some(_), _) => "the app's user extractor (X-Forwarded-* user headers ignored)",
+        (None, true) if config.trust_forwarded_user == Some(true) => {
+            "X-Forwarded-* user headers, trusted (APPKIT_TRUST_FORWARDED_USER=true)"
+        }
+        (None, true) if config.on_databricks_apps() => {
+            "X-Forwarded-* user headers, trusted (on Databricks Apps, its proxy sets them)"
+        }
+        (None, true) => "X-Forwarded-* user headers, trusted (development)",
+        (None, false) => {
+            "none: X-Forwarded-* user headers ignored (APPKIT_TRUST_FORWARDED_USER=false)"
+        }
+    };
+    info!("identity: {identity}");
+}
+
 fn router(
     config: &Config,
+    policy: RequestPolicy,
     cx: &PluginContext,
     plugins: &[Arc<dyn Plugin>],
     static_dir: Option<PathBuf>,
@@ -353,10 +426,6 @@ fn router(
         let routes = plugin.routes(cx).fallback(api_not_found);
         router = router.nest(&format!("/api/{}", plugin.name()), routes);
     }
-    let policy = RequestPolicy {
-        production: config.is_production(),
-        trust_forwarded_headers: config.trust_forwarded_headers,
-    };
     let router = router
         .fallback(static_files::fallback(static_dir))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))

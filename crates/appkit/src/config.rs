@@ -43,6 +43,33 @@ pub enum Environment {
     Production,
 }
 
+/// Why the host runs in the [`Environment`] it does (logged at start-up).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EnvironmentSource {
+    /// `APPKIT_ENV` was set.
+    Explicit,
+    /// `APPKIT_ENV` unset and `DATABRICKS_APP_NAME` set: on Databricks Apps, production.
+    DatabricksApp,
+    /// `APPKIT_ENV` unset and not on Databricks Apps: development.
+    #[default]
+    Default,
+}
+
+impl EnvironmentSource {
+    /// Why, in words, for the start-up log.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Explicit => "APPKIT_ENV is set",
+            Self::DatabricksApp => {
+                "APPKIT_ENV is unset and DATABRICKS_APP_NAME is set (running on Databricks Apps)"
+            }
+            Self::Default => {
+                "APPKIT_ENV is unset and DATABRICKS_APP_NAME is unset (not on Databricks Apps)"
+            }
+        }
+    }
+}
+
 /// The variables the Lakebase pool is configured with (see
 /// [`LakebaseConfig::from_env`]); read when `PGHOST` is set or the task store is `lakebase`.
 pub const LAKEBASE_VARIABLES: [&str; 11] = [
@@ -128,8 +155,14 @@ pub struct Config {
     pub port: u16,
     /// Address to bind (`APPKIT_HOST`).
     pub host: IpAddr,
-    /// Development or production (`APPKIT_ENV`).
+    /// Development or production (`APPKIT_ENV`; unset: production on Databricks Apps,
+    /// else development).
     pub env: Environment,
+    /// Why [`env`](Self::env) is what it is.
+    pub env_source: EnvironmentSource,
+    /// The Databricks app's name (`DATABRICKS_APP_NAME`, set by the platform): `Some` on
+    /// Databricks Apps. Shown to the front end as `appName` in `window.__CONFIG__`.
+    pub app_name: Option<String>,
     /// The task store (`APPKIT_TASKS_STORE`).
     pub tasks_store: TasksStore,
     /// The Postgres schema the task store's tables live in: the `search_path` of the
@@ -146,8 +179,10 @@ pub struct Config {
     /// Bound on the whole shutdown sequence (`APPKIT_SHUTDOWN_TIMEOUT_MS`).
     pub shutdown_timeout: Duration,
     /// Whether the `X-Forwarded-*` user headers are trusted
-    /// (`APPKIT_TRUST_FORWARDED_HEADERS`).
-    pub trust_forwarded_headers: bool,
+    /// (`APPKIT_TRUST_FORWARDED_USER`): `Some(true)` always, `Some(false)` never, `None`
+    /// (unset) in development and on Databricks Apps, while production elsewhere refuses
+    /// to start (see [`forwarded_user_trust`](Self::forwarded_user_trust)).
+    pub trust_forwarded_user: Option<bool>,
     /// The built front end to serve, overriding the app's choice (`APPKIT_STATIC_DIR`).
     pub static_dir: Option<PathBuf>,
     /// Largest request body extractors read (`APPKIT_MAX_BODY_BYTES`).
@@ -164,13 +199,15 @@ impl Default for Config {
             port: DEFAULT_PORT,
             host: DEFAULT_HOST,
             env: Environment::Development,
+            env_source: EnvironmentSource::Default,
+            app_name: None,
             tasks_store: TasksStore::Sqlite(PathBuf::from(".appkit/tasks.db")),
             tasks_schema: None,
             lakebase: None,
             sse_keepalive: DEFAULT_SSE_KEEPALIVE,
             sse_disconnect_grace: DEFAULT_SSE_DISCONNECT_GRACE,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
-            trust_forwarded_headers: true,
+            trust_forwarded_user: None,
             static_dir: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             rate_limit_per_user: None,
@@ -274,10 +311,26 @@ impl Config {
             );
         }
         let lakebase = r.lakebase(matches!(tasks_store, TasksStore::Lakebase));
+        let app_name = r
+            .get("DATABRICKS_APP_NAME")
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty());
+        let (env, env_source) = match r.get("APPKIT_ENV") {
+            Some(v) => (
+                r.parse("APPKIT_ENV", &v, parse_env, d.env),
+                EnvironmentSource::Explicit,
+            ),
+            None if app_name.is_some() => {
+                (Environment::Production, EnvironmentSource::DatabricksApp)
+            }
+            None => (Environment::Development, EnvironmentSource::Default),
+        };
         let config = Self {
             port,
             host: r.value("APPKIT_HOST", parse_host, d.host),
-            env: r.value("APPKIT_ENV", parse_env, d.env),
+            env,
+            env_source,
+            app_name,
             tasks_store,
             tasks_schema,
             lakebase,
@@ -292,10 +345,10 @@ impl Config {
                 positive_ms,
                 d.shutdown_timeout,
             ),
-            trust_forwarded_headers: r.value(
-                "APPKIT_TRUST_FORWARDED_HEADERS",
-                parse_bool,
-                d.trust_forwarded_headers,
+            trust_forwarded_user: r.value(
+                "APPKIT_TRUST_FORWARDED_USER",
+                |v| parse_bool(v).map(Some),
+                None,
             ),
             static_dir: r.value("APPKIT_STATIC_DIR", parse_dir, None),
             max_body_bytes: r.value("APPKIT_MAX_BODY_BYTES", parse_bytes, d.max_body_bytes),
@@ -316,6 +369,29 @@ impl Config {
         self.env == Environment::Production
     }
 
+    /// `true` on Databricks Apps (`DATABRICKS_APP_NAME` is set).
+    pub fn on_databricks_apps(&self) -> bool {
+        self.app_name.is_some()
+    }
+
+    /// Whether the `X-Forwarded-*` user headers are read.
+    ///
+    /// `APPKIT_TRUST_FORWARDED_USER` decides when set. Unset, they are trusted in
+    /// development and on Databricks Apps (whose proxy sets them and strips client-sent
+    /// copies).
+    ///
+    /// # Errors
+    ///
+    /// [`UntrustedIdentity`] when unset in production outside Databricks Apps: nothing
+    /// says a proxy strips client-sent copies there, so any client could claim any user.
+    pub fn forwarded_user_trust(&self) -> Result<bool, UntrustedIdentity> {
+        match self.trust_forwarded_user {
+            Some(trust) => Ok(trust),
+            None if !self.is_production() || self.on_databricks_apps() => Ok(true),
+            None => Err(UntrustedIdentity),
+        }
+    }
+
     /// The task engine configuration these settings describe.
     pub fn taskflow_config(&self) -> taskflow::Config {
         let t = &self.taskflow;
@@ -334,6 +410,19 @@ impl Config {
         config
     }
 }
+
+/// Production outside Databricks Apps with `APPKIT_TRUST_FORWARDED_USER` unset: the
+/// forwarded identity headers cannot be trusted by default there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "refusing to start: APPKIT_ENV=production outside Databricks Apps (DATABRICKS_APP_NAME is \
+     unset) and APPKIT_TRUST_FORWARDED_USER is unset, so nothing says a proxy sets the \
+     X-Forwarded-User headers and strips copies a client sends: any client could claim any \
+     user. Set APPKIT_TRUST_FORWARDED_USER=true when such a proxy is in front of this server, \
+     APPKIT_TRUST_FORWARDED_USER=false to ignore the headers (requests that need a user then \
+     answer 401), or install a user extractor in the app (AppBuilder::user_extractor)"
+)]
+pub struct UntrustedIdentity;
 
 /// Collects problems while reading variables.
 struct Reader<'a> {
@@ -571,7 +660,9 @@ mod tests {
         assert!(c.lakebase.is_none() && c.tasks_schema.is_none());
         assert_eq!(c.sse_keepalive, Duration::from_secs(25));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(15));
-        assert!(c.trust_forwarded_headers);
+        assert_eq!(c.env_source, EnvironmentSource::Default);
+        assert_eq!(c.trust_forwarded_user, None);
+        assert_eq!(c.forwarded_user_trust(), Ok(true));
         assert!(c.rate_limit_per_user.is_none());
     }
 
@@ -686,6 +777,41 @@ mod tests {
             Some(RateLimit::new(20, Duration::from_secs(2)))
         );
         assert!(parse(&[("APPKIT_RATE_LIMIT_PER_USER", "0/1s")]).is_err());
+    }
+
+    #[test]
+    fn databricks_apps_default_to_production_and_trust_the_proxy() {
+        let c = parse(&[("DATABRICKS_APP_NAME", "reports")]).unwrap();
+        assert_eq!(c.env, Environment::Production);
+        assert_eq!(c.env_source, EnvironmentSource::DatabricksApp);
+        assert_eq!(c.app_name.as_deref(), Some("reports"));
+        assert_eq!(c.forwarded_user_trust(), Ok(true));
+        let c = parse(&[
+            ("DATABRICKS_APP_NAME", "reports"),
+            ("APPKIT_ENV", "development"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.env, c.env_source),
+            (Environment::Development, EnvironmentSource::Explicit)
+        );
+    }
+
+    #[test]
+    fn production_elsewhere_needs_an_explicit_trust_decision() {
+        let c = parse(&[("APPKIT_ENV", "production")]).unwrap();
+        let err = c.forwarded_user_trust().unwrap_err().to_string();
+        assert!(err.contains("APPKIT_TRUST_FORWARDED_USER=true"), "{err}");
+        let c = parse(&[
+            ("APPKIT_ENV", "production"),
+            ("APPKIT_TRUST_FORWARDED_USER", "true"),
+        ])
+        .unwrap();
+        assert_eq!(c.forwarded_user_trust(), Ok(true));
+        let c = parse(&[("APPKIT_TRUST_FORWARDED_USER", "false")]).unwrap();
+        assert_eq!(c.forwarded_user_trust(), Ok(false));
+        let err = parse(&[("APPKIT_TRUST_FORWARDED_USER", "maybe")]).unwrap_err();
+        assert_eq!(err.problems[0].variable, "APPKIT_TRUST_FORWARDED_USER");
     }
 
     /// The table in docs/configuration.md lists exactly the variables this module reads.

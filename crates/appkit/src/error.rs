@@ -80,6 +80,10 @@ pub enum Error {
     /// The configuration is invalid (start-up).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// Production outside Databricks Apps with no decision on trusting the forwarded
+    /// identity headers (start-up); the message says what to set.
+    #[error(transparent)]
+    UntrustedIdentity(#[from] crate::config::UntrustedIdentity),
     /// A plugin name is not a valid path segment (start-up).
     #[error("invalid plugin name `{0}`: use 1 to 64 of a-z, 0-9, `-` and `_`")]
     InvalidPluginName(String),
@@ -262,6 +266,7 @@ pub(crate) async fn host_middleware(
     mut req: Request,
     next: Next,
 ) -> Response {
+    let production = policy.production;
     req.extensions_mut().insert(policy);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -299,7 +304,7 @@ pub(crate) async fn host_middleware(
             "request refused"
         );
     }
-    if policy.production && status.is_server_error() {
+    if production && status.is_server_error() {
         let (mut parts, _) = response.into_parts();
         parts.headers.remove(header::CONTENT_LENGTH);
         let body = error_body(REDACTED_MESSAGE, report.code)

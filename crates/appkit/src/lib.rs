@@ -51,7 +51,7 @@ pub use appkit_lakebase::LakebasePool;
 pub use appkit_telemetry;
 pub use appkit_telemetry::TelemetryGuard;
 pub use async_trait::async_trait;
-pub use config::{Config, ConfigError, Environment};
+pub use config::{Config, ConfigError, Environment, EnvironmentSource, UntrustedIdentity};
 pub use error::{BoxError, Error, REDACTED_MESSAGE, Result};
 pub use extract::UserContext;
 pub use plugin::{ExecuteSettings, Plugin, PluginContext, SetupContext};

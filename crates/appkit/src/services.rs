@@ -7,7 +7,7 @@
 
 use appkit_lakebase::{LakebaseConfig, LakebasePool};
 use taskflow::{PostgresStore, SqliteStore, TaskFlow};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{Config, TasksStore};
 use crate::error::{Error, Result};
@@ -55,6 +55,15 @@ async fn start_in_order(config: &Config, hooks: &mut CloseHooks) -> Result<Servi
     let taskflow = match (&config.tasks_store, &lakebase) {
         (TasksStore::Sqlite(path), _) => {
             info!(path = %path.display(), "opening the sqlite task store");
+            if config.is_production() || config.on_databricks_apps() {
+                warn!(
+                    path = %path.display(),
+                    "the sqlite task store serves one replica on local disk: each replica \
+                     gets a store of its own and tasks are lost with the disk; set \
+                     APPKIT_TASKS_STORE=postgres://… or APPKIT_TASKS_STORE=lakebase to share \
+                     one Postgres store between replicas"
+                );
+            }
             let store = SqliteStore::open(path).await.map_err(store_error)?;
             TaskFlow::start(store, settings).await.map_err(engine)?
         }

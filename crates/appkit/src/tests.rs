@@ -225,7 +225,11 @@ async fn bad_bodies_answer_in_the_error_shape() {
 
 #[tokio::test]
 async fn production_needs_a_user_and_redacts_server_errors() {
-    let host = host(|c| c.env = Environment::Production).await;
+    let host = host(|c| {
+        c.env = Environment::Production;
+        c.trust_forwarded_user = Some(true);
+    })
+    .await;
     let (status, body) = host.get("/api/probe/whoami").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(error_json(&body).1, "UNAUTHORIZED");

@@ -218,3 +218,16 @@ fn production_means_json_logs() {
     let config = parse(&[("APPKIT_ENV", "production")]).unwrap();
     assert_eq!(config.log_format, LogFormat::Json);
 }
+
+#[test]
+fn databricks_apps_default_to_json_logs_like_the_host_defaults_to_production() {
+    let config = parse(&[("DATABRICKS_APP_NAME", "dbx")]).unwrap();
+    assert_eq!(config.log_format, LogFormat::Json);
+    let config = parse(&[
+        ("DATABRICKS_APP_NAME", "dbx"),
+        ("APPKIT_ENV", "development"),
+    ])
+    .unwrap();
+    assert_eq!(config.log_format, LogFormat::Pretty);
+    assert_eq!(parse(&[]).unwrap().log_format, LogFormat::Pretty);
+}

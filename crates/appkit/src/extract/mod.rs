@@ -7,4 +7,4 @@ mod user;
 pub use crate::stream::LastEventId;
 pub use json::Json;
 pub(crate) use user::RequestPolicy;
-pub use user::{DEV_USER_ID, UserContext};
+pub use user::{DEV_USER_ID, UserContext, UserExtractor};

@@ -17,11 +17,29 @@ const EMAIL: &str = "x-forwarded-email";
 const TOKEN: &str = "x-forwarded-access-token";
 const PREFERRED_USERNAME: &str = "x-forwarded-preferred-username";
 
+/// A user extractor an app installs with
+/// [`AppBuilder::user_extractor`](crate::AppBuilder::user_extractor): it reads the
+/// request's user from the request head (`Ok(None)` when there is none) instead of the
+/// forwarded headers.
+pub type UserExtractor =
+    Arc<dyn Fn(&Parts) -> Result<Option<UserContext>, Error> + Send + Sync + 'static>;
+
 /// How the host treats identity headers; put in the request extensions by the host.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub(crate) struct RequestPolicy {
     pub(crate) production: bool,
-    pub(crate) trust_forwarded_headers: bool,
+    pub(crate) trust_forwarded_user: bool,
+    pub(crate) extractor: Option<UserExtractor>,
+}
+
+impl fmt::Debug for RequestPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestPolicy")
+            .field("production", &self.production)
+            .field("trust_forwarded_user", &self.trust_forwarded_user)
+            .field("extractor", &self.extractor.is_some())
+            .finish()
+    }
 }
 
 /// The user a request is made for, from `X-Forwarded-User`, `X-Forwarded-Email`,
@@ -29,9 +47,10 @@ pub(crate) struct RequestPolicy {
 ///
 /// As an extractor it answers 401 in production when the request carries no user; in
 /// development a fixed local user ([`DEV_USER_ID`]) stands in. Use `Option<UserContext>`
-/// for routes that work without a user. The headers are only read when
-/// `APPKIT_TRUST_FORWARDED_HEADERS` is on (the default: the platform proxy strips
-/// client-sent copies).
+/// for routes that work without a user. The headers are only read when they are trusted
+/// (`APPKIT_TRUST_FORWARDED_USER`; unset, trusted in development and on Databricks Apps,
+/// whose proxy strips client-sent copies). An app can install its own way of finding the
+/// user instead ([`AppBuilder::user_extractor`](crate::AppBuilder::user_extractor)).
 ///
 /// # Examples
 ///
@@ -95,6 +114,38 @@ impl UserContext {
         }
     }
 
+    /// The same user with this e-mail.
+    #[must_use]
+    pub fn with_email(self, email: impl Into<String>) -> Self {
+        self.with(|i| i.email = Some(email.into()))
+    }
+
+    /// The same user with this preferred name.
+    #[must_use]
+    pub fn with_preferred_username(self, name: impl Into<String>) -> Self {
+        self.with(|i| i.preferred_username = Some(name.into()))
+    }
+
+    /// The same user with this access token (never persisted).
+    #[must_use]
+    pub fn with_access_token(self, token: impl Into<String>) -> Self {
+        self.with(|i| i.access_token = Some(token.into()))
+    }
+
+    fn with(self, change: impl FnOnce(&mut Inner)) -> Self {
+        let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
+            id: shared.id.clone(),
+            email: shared.email.clone(),
+            preferred_username: shared.preferred_username.clone(),
+            access_token: shared.access_token.clone(),
+            local: shared.local,
+        });
+        change(&mut inner);
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
     /// The user's id (`X-Forwarded-User`); tasks are owned by it.
     pub fn id(&self) -> &str {
         &self.inner.id
@@ -138,9 +189,10 @@ impl UserContext {
         let policy = parts
             .extensions
             .get::<RequestPolicy>()
-            .copied()
             .ok_or_else(|| Error::Internal("UserContext used outside the appkit host".into()))?;
-        let found = if policy.trust_forwarded_headers {
+        let found = if let Some(extract) = &policy.extractor {
+            extract(parts)?
+        } else if policy.trust_forwarded_user {
             Self::from_headers(&parts.headers)?
         } else {
             None
@@ -195,7 +247,8 @@ mod tests {
         let (mut parts, ()) = builder.body(()).unwrap().into_parts();
         parts.extensions.insert(RequestPolicy {
             production,
-            trust_forwarded_headers: trust,
+            trust_forwarded_user: trust,
+            extractor: None,
         });
         parts
     }
@@ -236,5 +289,28 @@ mod tests {
     fn untrusted_headers_are_ignored() {
         let p = parts(true, false, &[("X-Forwarded-User", "mallory")]);
         assert!(UserContext::resolve(&p).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_installed_extractor_replaces_the_forwarded_headers() {
+        let mut p = parts(true, true, &[("X-Forwarded-User", "mallory")]);
+        let extractor: UserExtractor = Arc::new(|parts: &Parts| {
+            Ok(parts
+                .headers
+                .get("x-session")
+                .map(|_| UserContext::new("from-session").with_access_token("t")))
+        });
+        p.extensions.insert(RequestPolicy {
+            production: true,
+            trust_forwarded_user: true,
+            extractor: Some(extractor.clone()),
+        });
+        assert!(UserContext::resolve(&p).unwrap().is_none());
+        p.headers.insert("x-session", "1".parse().unwrap());
+        let user = UserContext::resolve(&p).unwrap().unwrap();
+        assert_eq!(
+            (user.id(), user.access_token()),
+            ("from-session", Some("t"))
+        );
     }
 }

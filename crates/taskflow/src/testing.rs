@@ -7,6 +7,8 @@
 
 use std::sync::Arc;
 
+pub use crate::store::batch::PURGE_LIMIT;
+
 pub use crate::store::{
     ClaimBudget, ClaimNow, ClaimParams, ClaimedTask, Control, Faults, Fence, Finish, Notice,
     OpOutcome, OpResult, RenewedLease, Storage, SubmitParams, WriteOp,

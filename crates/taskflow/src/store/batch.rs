@@ -27,35 +27,33 @@ use crate::event::{NewEvent, TaskEvent};
 use crate::task::{IdempotencyMode, TaskInfo, TaskStatus};
 
 /// Rows one purge deletes at most; the cleaner comes back for the rest.
-pub(crate) const PURGE_LIMIT: i64 = 5_000;
+pub const PURGE_LIMIT: i64 = 5_000;
 
 /// One batch in one transaction.
 pub(crate) struct Batch<'c, C: SqlConn> {
     conn: &'c mut C,
     sql: &'static Sql,
+    /// This batch's commit marker (never purged by the batch itself).
+    batch_id: String,
     /// Events appended by the batch's ops, written in one statement before commit.
     events: Vec<TaskEvent>,
 }
 
 impl<'c, C: SqlConn> Batch<'c, C> {
-    pub(crate) fn new(conn: &'c mut C, sql: &'static Sql) -> Self {
+    pub(crate) fn new(conn: &'c mut C, sql: &'static Sql, batch_id: &str) -> Self {
         Self {
             conn,
             sql,
+            batch_id: batch_id.to_owned(),
             events: Vec::new(),
         }
     }
 
     /// Applies `ops` and writes the batch's commit marker and events; the caller commits.
-    pub(crate) async fn apply(
-        mut self,
-        batch_id: &str,
-        instance: &str,
-        ops: &[WriteOp],
-    ) -> Result<Vec<OpOutcome>> {
+    pub(crate) async fn apply(mut self, instance: &str, ops: &[WriteOp]) -> Result<Vec<OpOutcome>> {
         let now = super::now_ms();
         self.conn
-            .execute(self.sql.batch_mark, args![batch_id, now])
+            .execute(self.sql.batch_mark, args![&self.batch_id, now])
             .await?;
         let mut out: Vec<Option<OpOutcome>> = vec![None; ops.len()];
         self.submit_all(ops, &mut out).await?;
@@ -468,7 +466,10 @@ impl<'c, C: SqlConn> Batch<'c, C> {
             }
         }
         self.conn
-            .execute(self.sql.purge_batches, args![batches_before])
+            .execute(
+                self.sql.purge_batches,
+                args![batches_before, &self.batch_id],
+            )
             .await?;
         let n = u64::try_from(ids.len()).unwrap_or(0);
         Ok(result(OpResult::Count(n)))

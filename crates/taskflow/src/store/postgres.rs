@@ -260,6 +260,7 @@ static SQL: Sql = Sql {
          max_attempts = CASE WHEN status = 'failed' THEN attempt + max_attempts \
                         ELSE max_attempts END, \
          recoveries = CASE WHEN status = 'failed' THEN 0 ELSE recoveries END, \
+         recovery = CASE WHEN status = 'failed' THEN FALSE ELSE recovery END, \
          owner_node = CASE WHEN $1 = 'cancelled' THEN NULL ELSE owner_node END, \
          lease_expires_at = CASE WHEN $1 = 'cancelled' THEN NULL ELSE lease_expires_at END, \
          last_seq = last_seq + 1, updated_at = $2 WHERE id = $3 AND status = $4 \
@@ -281,7 +282,7 @@ static SQL: Sql = Sql {
     purge_steps: "DELETE FROM task_steps \
          WHERE task_id IN (SELECT jsonb_array_elements_text($1::jsonb))",
     purge_tasks: "DELETE FROM tasks WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb))",
-    purge_batches: "DELETE FROM task_batches WHERE created_at < $1",
+    purge_batches: "DELETE FROM task_batches WHERE created_at < $1 AND id <> $2",
     insert_events: "INSERT INTO task_events (task_id, seq, kind, name, payload, created_at) \
          SELECT value ->> 'task_id', (value ->> 'seq')::bigint, value ->> 'kind', \
          value ->> 'name', value -> 'payload', (value ->> 'created_at')::bigint \

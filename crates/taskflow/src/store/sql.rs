@@ -243,7 +243,7 @@ pub(crate) struct Sql {
     pub(crate) purge_steps: &'static str,
     /// `(ids json)`.
     pub(crate) purge_tasks: &'static str,
-    /// `(before)`.
+    /// `(before, own batch id)`: never the purging batch's own marker.
     pub(crate) purge_batches: &'static str,
     /// `(rows json)`.
     pub(crate) insert_events: &'static str,

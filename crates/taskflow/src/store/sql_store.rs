@@ -99,8 +99,8 @@ impl<D: Driver> Storage for SqlStore<D> {
     async fn write_batch(&self, ops: &[WriteOp]) -> Result<Vec<OpOutcome>> {
         let batch_id = uuid::Uuid::now_v7().simple().to_string();
         let mut tx = self.driver.writer().begin().await?;
-        let out = Batch::new(&mut *tx, D::SQL)
-            .apply(&batch_id, self.driver.instance(), ops)
+        let out = Batch::new(&mut *tx, D::SQL, &batch_id)
+            .apply(self.driver.instance(), ops)
             .await?;
         if Faults::take(&self.faults.fail_before_commit) {
             tx.rollback().await?;

@@ -1,0 +1,45 @@
+//! The store conformance suite against SQLite, each case on a fresh temporary file, and
+//! the checks only SQLite has.
+
+#![allow(clippy::unwrap_used)]
+
+use sqlx::Connection;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use taskflow::SqliteStore;
+use taskflow::testing::storage;
+
+taskflow_store_tests::conformance_tests!(taskflow_store_tests::fresh_sqlite);
+
+#[tokio::test]
+async fn second_process_is_locked_out_until_the_first_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tasks.db");
+    let first = SqliteStore::open(&path).await.unwrap();
+    let err = SqliteStore::open(&path).await.unwrap_err();
+    assert!(matches!(err, taskflow::Error::Locked { .. }), "{err:?}");
+    storage(first).close().await;
+    let again = SqliteStore::open(&path)
+        .await
+        .expect("lock released on close");
+    storage(again).close().await;
+}
+
+#[tokio::test]
+async fn purge_deletes_commit_markers_before_the_cutoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tasks.db");
+    let store = storage(SqliteStore::open(&path).await.unwrap());
+    let opts = SqliteConnectOptions::new().filename(&path).read_only(true);
+    let markers = async || {
+        let mut conn = SqliteConnection::connect_with(&opts).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM task_batches")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        u64::try_from(n).unwrap()
+    };
+    taskflow_store_tests::purge_deletes_commit_markers_before_the_cutoff(store.clone(), markers)
+        .await;
+    store.close().await;
+}

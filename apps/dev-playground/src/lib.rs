@@ -1,4 +1,4 @@
-//! The dev-playground's demo plugin: `count`, `flaky` and `sleep` tasks
+//! The dev-playground's demo plugin: `count`, `flaky`, `refuse` and `sleep` tasks
 //! streamed over SSE, the task routes, and a web page at `/`.
 
 use std::time::Duration;
@@ -55,6 +55,14 @@ pub struct FlakyInput {
     pub fail_times: u32,
 }
 
+/// Input of `refuse`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefuseInput {
+    /// Why: shown to the user in the failure message.
+    pub reason: String,
+}
+
 /// Input of `sleep` and `stubborn`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,6 +85,7 @@ impl Plugin for Demo {
             TaskOptions::new().max_attempts(FLAKY_MAX_ATTEMPTS),
             flaky,
         )?;
+        flow.register("refuse", refuse)?;
         flow.register("sleep", sleep)?;
         if self.test_tasks {
             flow.register("stubborn", stubborn)?;
@@ -88,6 +97,7 @@ impl Plugin for Demo {
         let mut router = Router::new()
             .route("/count", post(start_count))
             .route("/flaky", post(start_flaky))
+            .route("/refuse", post(start_refuse))
             .route("/sleep", post(start_sleep));
         if self.test_tasks {
             router = router.route("/stubborn", post(start_stubborn));
@@ -129,6 +139,12 @@ async fn flaky(ctx: TaskContext, input: FlakyInput) -> Result<Value, TaskError> 
         )));
     }
     Ok(json!({ "attempts": attempt }))
+}
+
+/// Fails at once, permanently, with a message meant for the user (a public error: shown
+/// as is in production too).
+async fn refuse(_ctx: TaskContext, input: RefuseInput) -> Result<Value, TaskError> {
+    Err(TaskError::permanent(format!("request refused: {}", input.reason)).public())
 }
 
 /// Sleeps `ms` without emitting anything.
@@ -178,6 +194,20 @@ async fn start_flaky(
     check(input.fail_times <= 100, "`fail_times` must be at most 100")?;
     let settings = ExecuteSettings::new().last_event_id(last);
     cx.execute_task(&user, "flaky", input, settings).await
+}
+
+async fn start_refuse(
+    State(cx): State<PluginContext>,
+    user: UserContext,
+    last: LastEventId,
+    Json(input): Json<RefuseInput>,
+) -> appkit::Result<Response> {
+    check(
+        input.reason.len() <= 200,
+        "`reason` must be at most 200 bytes",
+    )?;
+    let settings = ExecuteSettings::new().last_event_id(last);
+    cx.execute_task(&user, "refuse", input, settings).await
 }
 
 async fn start_sleep(

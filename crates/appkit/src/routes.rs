@@ -15,7 +15,8 @@ use crate::stream::LastEventId;
 /// A router of task routes, to nest where a plugin likes (the dev-playground uses
 /// `/api/demo/tasks`):
 ///
-/// - `GET /{key}`: the task's status as JSON;
+/// - `GET /{key}`: the task's status as JSON (in production, a failed task's
+///   `error.message` is generic unless the handler marked the error public);
 /// - `GET /{key}/events`: the task's SSE stream, resuming after `Last-Event-ID`;
 /// - `POST /{key}/stop`, `POST /{key}/resume`, `POST /{key}/cancel`: `{"status": …}`.
 ///
@@ -50,9 +51,10 @@ async fn status(
     user: UserContext,
     Path(key): Path<String>,
 ) -> Result<axum::Json<TaskInfo>> {
-    Ok(axum::Json(
-        cx.taskflow().status(&key, Some(user.id())).await?,
-    ))
+    let mut info = cx.taskflow().status(&key, Some(user.id())).await?;
+    let redact = cx.config().is_production();
+    info.error = info.error.map(|e| crate::stream::client_error(e, redact));
+    Ok(axum::Json(info))
 }
 
 async fn events(

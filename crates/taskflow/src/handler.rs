@@ -32,6 +32,9 @@ pub enum TaskErrorKind {
 /// The error a handler returns. Any `std::error::Error` converts into a retryable one, so
 /// `?` works in handlers.
 ///
+/// The message is for operators: a host that faces browsers (appkit in production) shows
+/// users a generic one instead, unless the error is marked [`public`](Self::public).
+///
 /// # Examples
 ///
 /// ```
@@ -40,11 +43,14 @@ pub enum TaskErrorKind {
 /// assert!(e.is_permanent());
 /// let e: TaskError = std::io::Error::other("disk hiccup").into();
 /// assert!(!e.is_permanent());
+/// let e = TaskError::permanent("the report has no rows").public();
+/// assert!(e.is_public());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskError {
     message: String,
     kind: TaskErrorKind,
+    public: bool,
 }
 
 impl TaskError {
@@ -53,6 +59,7 @@ impl TaskError {
         Self {
             message: message.into(),
             kind: TaskErrorKind::Retryable,
+            public: false,
         }
     }
 
@@ -61,7 +68,24 @@ impl TaskError {
         Self {
             message: message.into(),
             kind: TaskErrorKind::Permanent,
+            public: false,
         }
+    }
+
+    /// Marks the message as safe to show the task's user as is (it names no internals and
+    /// no secrets), e.g. `TaskError::permanent("the report has no rows").public()`.
+    ///
+    /// Persisted with the error (`"public": true` in its JSON), so it holds after a
+    /// restart.
+    #[must_use]
+    pub fn public(mut self) -> Self {
+        self.public = true;
+        self
+    }
+
+    /// `true` when the message may be shown to the task's user as is.
+    pub fn is_public(&self) -> bool {
+        self.public
     }
 
     /// `true` for [`TaskErrorKind::Permanent`].
@@ -84,7 +108,11 @@ impl TaskError {
             TaskErrorKind::Retryable => "retryable",
             TaskErrorKind::Permanent => "permanent",
         };
-        serde_json::json!({"message": self.message, "kind": kind})
+        let mut json = serde_json::json!({"message": self.message, "kind": kind});
+        if self.public {
+            json["public"] = Value::Bool(true);
+        }
+        json
     }
 }
 
@@ -340,4 +368,23 @@ impl Drop for ResetBuffer<'_> {
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_public_error_says_so_in_its_stored_json() {
+        let plain = TaskError::permanent("db password rejected").to_json();
+        assert_eq!(
+            plain,
+            serde_json::json!({"message": "db password rejected", "kind": "permanent"})
+        );
+        let public = TaskError::retryable("the report is still being built")
+            .public()
+            .to_json();
+        assert_eq!(public["public"], true);
+        assert_eq!(public["kind"], "retryable");
+    }
 }

@@ -137,10 +137,14 @@ fn event_frame(st: &mut State, event: &TaskEvent) -> Event {
         st.phase = Phase::Done;
         st.guard.finish(Outcome::TaskEnded);
     }
+    let data = match super::failure::client_payload(event.kind, &event.payload, st.redact) {
+        Some(payload) => payload.to_string(),
+        None => event.payload.to_string(),
+    };
     Event::default()
         .id(event.seq.to_string())
         .event(&event.name)
-        .data(event.payload.to_string())
+        .data(data)
 }
 
 /// Ends the stream after an `event: error` frame with `message`.

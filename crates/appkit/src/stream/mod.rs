@@ -2,11 +2,14 @@
 //! disconnect grace and the shutdown drain.
 
 mod bridge;
+mod failure;
 mod keepalive;
 mod registry;
 mod resume;
 
 pub(crate) use bridge::{BridgeParams, sse_response};
+pub(crate) use failure::client_error;
+pub use failure::{ATTEMPT_FAILED_MESSAGE, TASK_FAILED_MESSAGE};
 pub(crate) use registry::BridgeRegistry;
 pub use registry::DisconnectPolicy;
 pub use resume::LastEventId;

@@ -1,6 +1,7 @@
 //! The dev-playground's demo plugin: `count`, `flaky`, `refuse` and `sleep` tasks
 //! streamed over SSE, the task routes, and a web page at `/`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use appkit::extract::Json;
@@ -91,6 +92,19 @@ impl Plugin for Demo {
             flow.register("stubborn", stubborn)?;
         }
         Ok(())
+    }
+
+    fn endpoints(&self) -> BTreeMap<String, String> {
+        [
+            ("count", "/count"),
+            ("flaky", "/flaky"),
+            ("refuse", "/refuse"),
+            ("sleep", "/sleep"),
+            ("tasks", "/tasks"),
+        ]
+        .into_iter()
+        .map(|(name, path)| (name.to_owned(), path.to_owned()))
+        .collect()
     }
 
     fn routes(&self, cx: &PluginContext) -> Router {

@@ -426,8 +426,29 @@ fn router(
         let routes = plugin.routes(cx).fallback(api_not_found);
         router = router.nest(&format!("/api/{}", plugin.name()), routes);
     }
+    let endpoints = plugins
+        .iter()
+        .map(|plugin| {
+            let prefix = format!("/api/{}", plugin.name());
+            let named = plugin
+                .endpoints()
+                .into_iter()
+                .map(|(name, path)| {
+                    let path = if path.starts_with('/') {
+                        format!("{prefix}{path}")
+                    } else {
+                        format!("{prefix}/{path}")
+                    };
+                    (name, path)
+                })
+                .collect();
+            (plugin.name().to_owned(), named)
+        })
+        .collect();
+    let client = static_files::client_config(config.app_name.as_deref(), endpoints);
+    let script: Arc<str> = static_files::config_script(&client).into();
     let router = router
-        .fallback(static_files::fallback(static_dir))
+        .fallback(static_files::fallback(static_dir, script))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             policy,

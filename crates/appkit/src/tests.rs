@@ -42,6 +42,10 @@ impl Plugin for Probe {
         Ok(())
     }
 
+    fn endpoints(&self) -> std::collections::BTreeMap<String, String> {
+        [("echo".to_owned(), "/echo".to_owned())].into()
+    }
+
     fn routes(&self, cx: &PluginContext) -> Router {
         async fn echo(Json(v): Json<Value>) -> axum::Json<Value> {
             axum::Json(v)
@@ -183,18 +187,14 @@ async fn unknown_api_paths_answer_json_404_and_never_the_spa() {
 #[tokio::test]
 async fn static_files_are_served_with_an_spa_fallback() {
     let host = host(|_| {}).await;
-    assert_eq!(
-        host.get("/").await,
-        (StatusCode::OK, "<h1>index</h1>".into())
-    );
+    let config = r#"<script>window.__CONFIG__ = {"appName":null,"endpoints":{"probe":{"echo":"/api/probe/echo"}}};</script>"#;
+    let page = format!("{config}<h1>index</h1>");
+    assert_eq!(host.get("/").await, (StatusCode::OK, page.clone()));
     assert_eq!(
         host.get("/assets/app.js").await,
         (StatusCode::OK, "js()".into())
     );
-    assert_eq!(
-        host.get("/some/client/route").await,
-        (StatusCode::OK, "<h1>index</h1>".into())
-    );
+    assert_eq!(host.get("/some/client/route").await, (StatusCode::OK, page));
     host.stop().await;
 }
 

@@ -2,6 +2,7 @@
 
 mod context;
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use appkit_lakebase::LakebasePool;
@@ -81,6 +82,14 @@ pub trait Plugin: Send + Sync + 'static {
     fn routes(&self, cx: &PluginContext) -> Router {
         let _ = cx;
         Router::new()
+    }
+
+    /// The plugin's named endpoints, for the front end: name → path relative to the
+    /// plugin's mount (`"count" → "/count"`). The host serves them, prefixed with
+    /// `/api/{name}`, in `window.__CONFIG__.endpoints[name]` on every HTML page, where
+    /// AppKit front ends look their URLs up. Default: none.
+    fn endpoints(&self) -> BTreeMap<String, String> {
+        BTreeMap::new()
     }
 
     /// Shutdown step 3: abort in-flight work that would hold the server up (the task

@@ -158,7 +158,7 @@ impl<'c, C: SqlConn> Batch<'c, C> {
         }
         let inserted: Vec<IdRow> = self
             .conn
-            .fetch_all(self.sql.insert_tasks, args![serde_json::to_value(&rows)?])
+            .fetch_all(self.sql.insert_tasks, args![json_text(&rows)?])
             .await?;
         let inserted: HashSet<String> = inserted.into_iter().map(|r| r.id).collect();
         for (i, p) in inserting {
@@ -215,7 +215,7 @@ impl<'c, C: SqlConn> Batch<'c, C> {
             }));
         }
         let window = budget.window();
-        let names = serde_json::to_value(&p.names)?;
+        let names = json_text(&p.names)?;
         let limit = i64::try_from(window).unwrap_or(1024);
         let candidates: Vec<CandidateRow> = self
             .conn
@@ -235,7 +235,7 @@ impl<'c, C: SqlConn> Batch<'c, C> {
         let mut tasks = Vec::with_capacity(chosen.len());
         let mut events = Vec::with_capacity(chosen.len());
         if !chosen.is_empty() {
-            let ids = serde_json::to_value(chosen.keys().collect::<Vec<_>>())?;
+            let ids = json_text(&chosen.keys().collect::<Vec<_>>())?;
             let rows: Vec<ClaimedRow> = self
                 .conn
                 .fetch_all(
@@ -335,7 +335,7 @@ impl<'c, C: SqlConn> Batch<'c, C> {
         }
         let applied: Vec<SeqRow> = self
             .conn
-            .fetch_all(self.sql.finish, args![serde_json::to_value(&rows)?])
+            .fetch_all(self.sql.finish, args![json_text(&rows)?])
             .await?;
         let applied: HashMap<String, i64> =
             applied.into_iter().map(|r| (r.id, r.last_seq)).collect();
@@ -456,7 +456,7 @@ impl<'c, C: SqlConn> Batch<'c, C> {
             )
             .await?;
         if !ids.is_empty() {
-            let ids = Value::from(ids.iter().map(|r| r.id.as_str()).collect::<Vec<_>>());
+            let ids = json_text(&ids.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())?;
             for sql in [
                 self.sql.purge_events,
                 self.sql.purge_steps,
@@ -480,7 +480,7 @@ impl<'c, C: SqlConn> Batch<'c, C> {
             return Ok(());
         }
         let rows: Vec<EventDoc<'_>> = self.events.iter().map(EventDoc::from).collect();
-        let rows = serde_json::to_value(&rows)?;
+        let rows = json_text(&rows)?;
         self.conn
             .execute(self.sql.insert_events, args![rows])
             .await?;
@@ -496,7 +496,7 @@ impl<'c, C: SqlConn> Batch<'c, C> {
                 .flat_map(|o| o.events.iter().map(|e| format!("{instance}:{}", e.task_id)))
                 .collect();
             if !tasks.is_empty() {
-                let tasks = Value::from(tasks.into_iter().collect::<Vec<_>>());
+                let tasks = json_text(&tasks)?;
                 self.conn.execute(sql, args![tasks]).await?;
             }
         }
@@ -509,6 +509,12 @@ impl<'c, C: SqlConn> Batch<'c, C> {
         }
         Ok(())
     }
+}
+
+/// A bulk statement's argument: one JSON document, bound as text (both backends parse it
+/// once in SQL; building a `serde_json::Value` first would only add allocations).
+pub(crate) fn json_text(value: &impl Serialize) -> Result<String> {
+    Ok(serde_json::to_string(value)?)
 }
 
 fn result(result: OpResult) -> OpOutcome {

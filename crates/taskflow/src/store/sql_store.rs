@@ -176,7 +176,7 @@ impl<D: Driver> Storage for SqlStore<D> {
         }
         let mut conn = self.driver.reader().acquire().await?;
         let rows: Vec<IdRow> = conn
-            .fetch_all(D::SQL.still_pending, args![Value::from(ids.to_vec())])
+            .fetch_all(D::SQL.still_pending, args![super::batch::json_text(&ids)?])
             .await?;
         Ok(rows.into_iter().map(|r| r.id).collect())
     }

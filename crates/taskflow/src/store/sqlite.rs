@@ -229,7 +229,7 @@ static SQL: Sql = Sql {
         " FROM tasks WHERE status = 'failed' ORDER BY updated_at DESC, id DESC LIMIT ?1"
     ),
     pending_count: "SELECT count(*) AS n FROM tasks WHERE status = 'pending'",
-    still_pending: "SELECT id FROM tasks WHERE id IN (SELECT value FROM json_each(?1)) \
+    still_pending: "SELECT id FROM tasks WHERE id IN (SELECT value FROM jsonb_each(?1)) \
          AND status = 'pending'",
     health: "SELECT 1",
     batch_mark: "INSERT INTO task_batches (id, created_at) VALUES (?1, ?2)",
@@ -248,15 +248,15 @@ static SQL: Sql = Sql {
          value ->> 'max_recoveries', value ->> 'auto_recover', value ->> 'node', \
          value ->> 'lease', value ->> 'epoch', value ->> 'now', value ->> 'now', \
          value ->> 'now', value ->> 'last_seq' \
-         FROM json_each(?1) WHERE 1 ORDER BY key ON CONFLICT DO NOTHING RETURNING id",
+         FROM jsonb_each(?1) WHERE 1 ORDER BY key ON CONFLICT DO NOTHING RETURNING id",
     claim_candidates: "SELECT id, user_id, name, recovery, auto_recover FROM tasks \
          WHERE status = 'pending' AND run_at <= ?1 \
-         AND name IN (SELECT value FROM json_each(?2)) ORDER BY run_at, id LIMIT ?3",
+         AND name IN (SELECT value FROM jsonb_each(?2)) ORDER BY run_at, id LIMIT ?3",
     claim_mark: concat!(
         "UPDATE tasks SET status = 'running', attempt = attempt + 1, epoch = epoch + 1, \
          owner_node = ?1, lease_expires_at = ?2, control = NULL, recovery = 0, \
          last_seq = last_seq + 1, updated_at = ?3 \
-         WHERE id IN (SELECT value FROM json_each(?4)) AND status = 'pending' RETURNING ",
+         WHERE id IN (SELECT value FROM jsonb_each(?4)) AND status = 'pending' RETURNING ",
         task_columns!(),
         ", epoch"
     ),
@@ -274,7 +274,7 @@ static SQL: Sql = Sql {
                value ->> 'epoch' AS epoch, value ->> 'status' AS status, \
                value -> 'result' AS result, value -> 'error' AS error, \
                value ->> 'run_at' AS run_at, value ->> 'give_back' AS give_back, \
-               value ->> 'bump' AS bump, value ->> 'now' AS now FROM json_each(?1)) AS v \
+               value ->> 'bump' AS bump, value ->> 'now' AS now FROM jsonb_each(?1)) AS v \
          WHERE tasks.id = v.id AND tasks.owner_node = v.node AND tasks.epoch = v.epoch \
          AND tasks.status = 'running' RETURNING tasks.id AS id, tasks.last_seq AS last_seq",
     control_status: "SELECT status FROM tasks WHERE id = ?1",
@@ -299,13 +299,13 @@ static SQL: Sql = Sql {
          last_seq = last_seq + 1, updated_at = ?4 \
          WHERE id = ?5 AND status = 'running' AND epoch = ?6 RETURNING id, last_seq",
     purge_ids: concat!("SELECT id FROM tasks WHERE ", purgeable!(), " LIMIT ?3"),
-    purge_events: "DELETE FROM task_events WHERE task_id IN (SELECT value FROM json_each(?1))",
-    purge_steps: "DELETE FROM task_steps WHERE task_id IN (SELECT value FROM json_each(?1))",
-    purge_tasks: "DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(?1))",
+    purge_events: "DELETE FROM task_events WHERE task_id IN (SELECT value FROM jsonb_each(?1))",
+    purge_steps: "DELETE FROM task_steps WHERE task_id IN (SELECT value FROM jsonb_each(?1))",
+    purge_tasks: "DELETE FROM tasks WHERE id IN (SELECT value FROM jsonb_each(?1))",
     purge_batches: "DELETE FROM task_batches WHERE created_at < ?1 AND id <> ?2",
     insert_events: "INSERT INTO task_events (task_id, seq, kind, name, payload, created_at) \
          SELECT value ->> 'task_id', value ->> 'seq', value ->> 'kind', value ->> 'name', \
-         value -> 'payload', value ->> 'created_at' FROM json_each(?1)",
+         value -> 'payload', value ->> 'created_at' FROM jsonb_each(?1)",
     notify_events: None,
     notify_work: None,
 };

@@ -16,7 +16,7 @@ use tracing::Instrument;
 use crate::error::{Error, Result};
 use crate::event::{EventKind, NewEvent};
 use crate::guard::{check_event_name, check_payload};
-use crate::store::writer::Writer;
+use crate::writer::Writer;
 use crate::store::{Fence, OpResult, WriteOp};
 
 /// How a handler's failure is treated.
@@ -135,6 +135,9 @@ impl<E: std::error::Error> From<E> for TaskError {
     }
 }
 
+/// The live request context a handler may read (never persisted).
+pub(crate) type UserContext = Arc<dyn Any + Send + Sync>;
+
 pub(crate) type BoxHandler =
     Arc<dyn Fn(TaskContext, Value) -> BoxFuture<'static, Result<Value, TaskError>> + Send + Sync>;
 
@@ -176,7 +179,7 @@ pub(crate) struct ContextInner {
     pub(crate) owner: Option<String>,
     pub(crate) recovery: bool,
     pub(crate) token: CancellationToken,
-    pub(crate) user: Option<crate::node::local::UserContext>,
+    pub(crate) user: Option<UserContext>,
     pub(crate) checkpoints: HashMap<String, Value>,
     pub(crate) used_steps: Mutex<HashSet<String>>,
     pub(crate) step_events: Mutex<Option<Vec<NewEvent>>>,

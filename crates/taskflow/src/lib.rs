@@ -36,6 +36,7 @@ mod services;
 #[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 mod store;
 mod task;
+mod writer;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -75,7 +75,7 @@ pub(crate) fn spawn(node: Arc<Node>, claimed: ClaimedTask, registered: Arc<Regis
 }
 
 impl Run {
-    async fn execute(self, user: Option<crate::node::local::UserContext>) {
+    async fn execute(self, user: Option<crate::handler::UserContext>) {
         let started = Instant::now();
         let ran = match self.checkpoints().await {
             Ok(checkpoints) => {

@@ -7,7 +7,6 @@
 //! what a lost hint missed), or was purged. A task waiting for a retry on this node keeps
 //! its entry, so its next run here still has the user's context.
 
-use std::any::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,8 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::handler::lock;
 
-/// The live request context a handler may read (never persisted).
-pub(crate) type UserContext = Arc<dyn Any + Send + Sync>;
+use crate::handler::UserContext;
 
 /// Why a run was asked to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +110,23 @@ impl LocalTasks {
                 since: Instant::now(),
             },
         );
+    }
+
+    /// Replaces the user context the task's next run on this node starts with (a resume
+    /// with a fresh token), keeping the rest of its entry; a live run keeps the context it
+    /// started with.
+    pub(crate) fn set_user(&self, task_id: &str, user: UserContext) {
+        let mut tasks = lock(&self.tasks);
+        let entry = tasks
+            .entry(task_id.to_owned())
+            .or_insert_with(|| LocalTask {
+                user: None,
+                trace: None,
+                run: None,
+                since: Instant::now(),
+            });
+        entry.user = Some(user);
+        entry.since = Instant::now();
     }
 
     /// Registers a run of the claim `epoch`. A live run of an earlier claim of the same
@@ -218,6 +233,25 @@ mod tests {
         assert_eq!(local.len(), 1, "a stale run's end leaves a later run alone");
         local.end_run("t", 2, false);
         assert_eq!(local.len(), 0);
+    }
+
+    #[test]
+    fn a_fresh_user_context_reaches_the_next_run_and_keeps_the_live_one() {
+        let local = LocalTasks::default();
+        local.set_user("t", Arc::new("fresh"));
+        let run = local.begin_run("t", 1);
+        assert_eq!(
+            run.user.and_then(|u| u.downcast::<&str>().ok()).as_deref(),
+            Some(&"fresh")
+        );
+        local.set_user("t", Arc::new("newer"));
+        assert!(local.run("t").is_some(), "the live run is kept");
+        local.end_run("t", 1, true);
+        let next = local.begin_run("t", 2);
+        assert_eq!(
+            next.user.and_then(|u| u.downcast::<&str>().ok()).as_deref(),
+            Some(&"newer")
+        );
     }
 
     #[test]

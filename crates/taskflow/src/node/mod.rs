@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::delivery::Hub;
 use crate::metrics::Metrics;
 use crate::store::Storage;
-use crate::store::writer::Writer;
+use crate::writer::Writer;
 
 mod admission;
 mod lifecycle;

@@ -37,7 +37,6 @@ mod rows;
 mod sql;
 mod sql_store;
 mod sqlite;
-pub(crate) mod writer;
 
 pub use ops::*;
 pub use postgres::PostgresStore;

@@ -1,7 +1,8 @@
-//! The group-commit writer: one task per store turns queued ops into one transaction.
+//! The group-commit writer: one task per store turns queued ops into one transaction,
+//! then answers the callers and publishes the committed events to the hub.
 //!
 //! A failed batch is never retried blindly. The store settles an ambiguous COMMIT itself
-//! (see [`Storage::write_batch`]), so an error here means the batch did not commit — or,
+//! (see `Storage::write_batch`), so an error here means the batch did not commit — or,
 //! with [`Error::OutcomeUnknown`], that nobody can tell yet. Only in the first case, and
 //! only when the failure was not the store being unreachable, are the ops tried again one
 //! by one, so that one bad op does not fail its neighbours.
@@ -12,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::{OpOutcome, Storage, WriteOp};
+use crate::store::{OpOutcome, Storage, WriteOp};
 use crate::delivery::Hub;
 use crate::error::{Error, Result};
 

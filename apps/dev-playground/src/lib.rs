@@ -1,4 +1,4 @@
-//! The dev-playground's demo plugin: `count`, `flaky`, `refuse` and `sleep` tasks
+//! The dev-playground's demo plugin: `count`, `flaky`, `refuse`, `sleep` and `obo` tasks
 //! streamed over SSE, the task routes, and a web page at `/`.
 
 use std::collections::BTreeMap;
@@ -87,9 +87,18 @@ impl Plugin for Demo {
             flaky,
         )?;
         flow.register("refuse", refuse)?;
+        // Acts with the user's token: suspended rather than recovered without it, and
+        // resumed (task route) with the resuming request's fresh token.
+        flow.register_with(
+            "obo",
+            TaskOptions::new().on_behalf_of(true).auto_recover(false),
+            obo,
+        )?;
         flow.register("sleep", sleep)?;
         if self.test_tasks {
             flow.register("stubborn", stubborn)?;
+            // What not to do: an on-behalf-of task left with auto_recover on (warned about).
+            flow.register_with("obo-careless", TaskOptions::new().on_behalf_of(true), obo)?;
         }
         Ok(())
     }
@@ -98,6 +107,7 @@ impl Plugin for Demo {
         [
             ("count", "/count"),
             ("flaky", "/flaky"),
+            ("obo", "/obo"),
             ("refuse", "/refuse"),
             ("sleep", "/sleep"),
             ("tasks", "/tasks"),
@@ -112,6 +122,7 @@ impl Plugin for Demo {
             .route("/count", post(start_count))
             .route("/flaky", post(start_flaky))
             .route("/refuse", post(start_refuse))
+            .route("/obo", post(start_obo))
             .route("/sleep", post(start_sleep));
         if self.test_tasks {
             router = router.route("/stubborn", post(start_stubborn));
@@ -159,6 +170,23 @@ async fn flaky(ctx: TaskContext, input: FlakyInput) -> Result<Value, TaskError> 
 /// as is in production too).
 async fn refuse(_ctx: TaskContext, input: RefuseInput) -> Result<Value, TaskError> {
     Err(TaskError::permanent(format!("request refused: {}", input.reason)).public())
+}
+
+/// Acts on behalf of its user: reports which token this run has (its last 4 characters,
+/// never the token) in a `token` event, then sleeps `ms`.
+async fn obo(ctx: TaskContext, input: SleepInput) -> Result<Value, TaskError> {
+    let token_end = ctx
+        .user::<UserContext>()
+        .and_then(|user| user.access_token().map(token_end));
+    ctx.emit("token", json!({ "tokenEnd": token_end })).await?;
+    pause(&ctx, input.ms).await?;
+    Ok(json!({ "tokenEnd": token_end }))
+}
+
+/// The last 4 characters of a token: enough to tell tokens apart, nothing to use.
+fn token_end(token: &str) -> String {
+    let chars: Vec<char> = token.chars().collect();
+    chars[chars.len().saturating_sub(4)..].iter().collect()
 }
 
 /// Sleeps `ms` without emitting anything.
@@ -222,6 +250,17 @@ async fn start_refuse(
     )?;
     let settings = ExecuteSettings::new().last_event_id(last);
     cx.execute_task(&user, "refuse", input, settings).await
+}
+
+async fn start_obo(
+    State(cx): State<PluginContext>,
+    user: UserContext,
+    last: LastEventId,
+    Json(input): Json<SleepInput>,
+) -> appkit::Result<Response> {
+    check(input.ms <= MAX_DELAY_MS, "`ms` must be at most 3600000")?;
+    let settings = ExecuteSettings::new().last_event_id(last);
+    cx.execute_task(&user, "obo", input, settings).await
 }
 
 async fn start_sleep(

@@ -18,7 +18,9 @@ use crate::stream::LastEventId;
 /// - `GET /{key}`: the task's status as JSON (in production, a failed task's
 ///   `error.message` is generic unless the handler marked the error public);
 /// - `GET /{key}/events`: the task's SSE stream, resuming after `Last-Event-ID`;
-/// - `POST /{key}/stop`, `POST /{key}/resume`, `POST /{key}/cancel`: `{"status": …}`.
+/// - `POST /{key}/stop`, `POST /{key}/resume`, `POST /{key}/cancel`: `{"status": …}`;
+///   resume hands the request's [`UserContext`] (with its fresh token) to the task's
+///   next run on this node ([`taskflow::TaskFlow::resume_with`]).
 ///
 /// Every route needs a user and checks ownership: another user's task answers 404 exactly
 /// like a missing one. A terminal task answers 409 to stop, resume and cancel.
@@ -80,7 +82,12 @@ async fn resume(
     user: UserContext,
     Path(key): Path<String>,
 ) -> Result<axum::Json<Value>> {
-    let status = cx.taskflow().resume(&key, Some(user.id())).await?;
+    // The request's user context (with its token) for the resumed run: the one given at
+    // submit is gone after a stop or a restart.
+    let status = cx
+        .taskflow()
+        .resume_with(&key, Some(user.id()), user.clone())
+        .await?;
     Ok(axum::Json(json!({ "status": status })))
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::{Instrument, debug, info, info_span};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::Config;
 use crate::delivery::{EventStream, open_stream};
@@ -159,6 +159,15 @@ impl TaskFlow {
         Fut: Future<Output = Result<Out, TaskError>> + Send + 'static,
     {
         check_task_name(name)?;
+        if options.on_behalf_of && options.auto_recover {
+            warn!(
+                task.name = %name,
+                "task `{name}` acts on behalf of its user but is registered with auto_recover \
+                 on: after a crash or a lost lease it runs again without the user's token \
+                 (never persisted). Register it with TaskOptions::auto_recover(false) and \
+                 resume it with a fresh user context (TaskFlow::resume_with)"
+            );
+        }
         let limit = options.max_concurrency;
         self.node.registry.insert(
             name,
@@ -450,9 +459,58 @@ impl TaskFlow {
     ///
     /// Not cancellation safe: the resume may or may not be committed if dropped.
     pub async fn resume(&self, key: &str, user: Option<&str>) -> Result<TaskStatus> {
+        self.resume_inner(key, user, None).await
+    }
+
+    /// [`resume`](Self::resume) with a fresh live user context (typically the resuming
+    /// request's user, with a new token): the task's next run on this node gets it from
+    /// [`TaskContext::user`] in place of the one given at submit, which a stop or a
+    /// restart dropped. Like every user context it is never persisted: a run on another
+    /// node, or after a restart, has none. A run that is live already keeps its own.
+    ///
+    /// The pattern for tasks that act with a user's token
+    /// ([`TaskOptions::on_behalf_of`]): register with `auto_recover(false)`, so a
+    /// recovered task waits suspended, and resume it with `resume_with`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`resume`](Self::resume).
+    ///
+    /// # Cancellation safety
+    ///
+    /// As for [`resume`](Self::resume).
+    pub async fn resume_with<T: std::any::Any + Send + Sync>(
+        &self,
+        key: &str,
+        user: Option<&str>,
+        user_context: T,
+    ) -> Result<TaskStatus> {
+        self.resume_inner(key, user, Some(Arc::new(user_context)))
+            .await
+    }
+
+    async fn resume_inner(
+        &self,
+        key: &str,
+        user: Option<&str>,
+        user_context: Option<crate::handler::UserContext>,
+    ) -> Result<TaskStatus> {
         let task = self.status(key, user).await?;
+        // Before the commit: the executor may claim the resumed task at once.
+        if let Some(context) = user_context {
+            if task.status.is_terminal() {
+                return Err(Error::InvalidTransition {
+                    from: task.status,
+                    action: "resume",
+                });
+            }
+            self.node.local.set_user(&task.id, context);
+        }
         let (from, to) = self.control(&task.id, Control::Resume).await?;
         if from.is_terminal() {
+            self.node
+                .local
+                .forget_waiting(std::slice::from_ref(&task.id));
             return Err(Error::InvalidTransition {
                 from,
                 action: "resume",

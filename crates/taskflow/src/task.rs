@@ -220,6 +220,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 ///     .max_attempts(5)
 ///     .timeout(Duration::from_secs(30))
 ///     .auto_recover(false)
+///     .on_behalf_of(true)
 ///     .max_concurrency(2);
 /// # let _ = opts;
 /// ```
@@ -230,6 +231,7 @@ pub struct TaskOptions {
     pub(crate) auto_recover: bool,
     pub(crate) max_concurrency: Option<usize>,
     pub(crate) max_recoveries: Option<u32>,
+    pub(crate) on_behalf_of: bool,
 }
 
 impl Default for TaskOptions {
@@ -240,6 +242,7 @@ impl Default for TaskOptions {
             auto_recover: true,
             max_concurrency: None,
             max_recoveries: None,
+            on_behalf_of: false,
         }
     }
 }
@@ -267,6 +270,18 @@ impl TaskOptions {
     /// user's token, which is never persisted.
     pub fn auto_recover(mut self, on: bool) -> Self {
         self.auto_recover = on;
+        self
+    }
+
+    /// Marks tasks of this name as acting on behalf of their user, with the user's token
+    /// from the live user context ([`SubmitOptions::user_context`]), which is never
+    /// persisted. Such a task should be registered with
+    /// [`auto_recover(false)`](Self::auto_recover), so a recovered run waits suspended
+    /// instead of running without the token, and be resumed with a fresh context
+    /// ([`TaskFlow::resume_with`](crate::TaskFlow::resume_with)); registering it with
+    /// `auto_recover` on logs a warning.
+    pub fn on_behalf_of(mut self, on: bool) -> Self {
+        self.on_behalf_of = on;
         self
     }
 

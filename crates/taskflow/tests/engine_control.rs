@@ -588,6 +588,84 @@ async fn user_context_reaches_the_handler_in_process_only() {
     flow.shutdown().await;
 }
 
+/// The payload's `token` and the seq of the task's next `token` event after `after`.
+async fn next_token(flow: &TaskFlow, key: &str, after: u64) -> (serde_json::Value, u64) {
+    use futures_util::StreamExt;
+    let mut stream = flow.subscribe(key, Some("alice"), after).await.unwrap();
+    let find = async {
+        while let Some(event) = stream.next().await {
+            let event = event.unwrap();
+            if event.name == "token" {
+                return (event.payload["token"].clone(), event.seq);
+            }
+        }
+        panic!("the stream ended without a token event");
+    };
+    tokio::time::timeout(DEADLINE, find).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_stopped_task_resumed_with_a_fresh_user_context_runs_with_it() {
+    #[derive(Debug)]
+    struct Token(&'static str);
+    let (flow, _dir) = start(fast_config()).await;
+    flow.register_with(
+        "obo",
+        TaskOptions::new().on_behalf_of(true).auto_recover(false),
+        |ctx: TaskContext, _: ()| async move {
+            let token = ctx.user::<Token>().map(|t| t.0);
+            ctx.emit("token", json!({ "token": token })).await?;
+            ctx.cancelled().await;
+            Err::<(), _>(TaskError::retryable("stopped"))
+        },
+    )
+    .unwrap();
+    let key = flow
+        .submit(
+            "obo",
+            (),
+            SubmitOptions::new()
+                .user("alice")
+                .user_context(Token("first")),
+        )
+        .await
+        .unwrap()
+        .handle()
+        .idempotency_key
+        .clone();
+    let (first, seq) = next_token(&flow, &key, 0).await;
+    assert_eq!(first, json!("first"));
+    assert_eq!(
+        flow.stop(&key, Some("alice")).await.unwrap(),
+        TaskStatus::Suspended
+    );
+    // Another user cannot resume it, with or without a context.
+    assert!(matches!(
+        flow.resume_with(&key, Some("mallory"), Token("stolen"))
+            .await,
+        Err(Error::NotFound)
+    ));
+    assert_eq!(
+        flow.resume_with(&key, Some("alice"), Token("second"))
+            .await
+            .unwrap(),
+        TaskStatus::Pending
+    );
+    let (second, _) = next_token(&flow, &key, seq).await;
+    assert_eq!(second, json!("second"));
+    flow.cancel(&key, Some("alice")).await.unwrap();
+    // A terminal task cannot be resumed, and keeps no context here.
+    assert!(matches!(
+        flow.resume_with(&key, Some("alice"), Token("late")).await,
+        Err(Error::InvalidTransition { .. })
+    ));
+    wait_for("no local state left", || async {
+        (flow.stats().local_tasks == 0).then_some(())
+    })
+    .await;
+    flow.shutdown().await;
+}
+
 #[tokio::test]
 async fn shutdown_is_single_flight_and_bounded() {
     let config = fast_config()

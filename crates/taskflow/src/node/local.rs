@@ -187,12 +187,20 @@ impl LocalTasks {
         }
     }
 
-    /// Tasks with an entry but no run here, unchanged for at least `age`.
-    pub(crate) fn waiting_for(&self, age: Duration) -> Vec<String> {
-        lock(&self.tasks)
+    /// Up to `limit` tasks with an entry but no run here, unchanged for at least `age`,
+    /// the longest-waiting first.
+    pub(crate) fn waiting_for(&self, age: Duration, limit: usize) -> Vec<String> {
+        let tasks = lock(&self.tasks);
+        let mut waiting: Vec<(Instant, &String)> = tasks
             .iter()
             .filter(|(_, t)| t.run.is_none() && t.since.elapsed() >= age)
-            .map(|(id, _)| id.clone())
+            .map(|(id, t)| (t.since, id))
+            .collect();
+        waiting.sort_unstable();
+        waiting
+            .into_iter()
+            .take(limit)
+            .map(|(_, id)| id.clone())
             .collect()
     }
 
@@ -226,9 +234,9 @@ mod tests {
         let run = local.begin_run("t", 1);
         assert!(run.user.is_some());
         local.end_run("t", 1, true);
-        assert_eq!(local.waiting_for(Duration::ZERO), ["t"]);
+        assert_eq!(local.waiting_for(Duration::ZERO, 10), ["t"]);
         local.begin_run("t", 2);
-        assert!(local.waiting_for(Duration::ZERO).is_empty());
+        assert!(local.waiting_for(Duration::ZERO, 10).is_empty());
         local.end_run("t", 1, false);
         assert_eq!(local.len(), 1, "a stale run's end leaves a later run alone");
         local.end_run("t", 2, false);

@@ -187,6 +187,17 @@ impl LocalTasks {
         }
     }
 
+    /// Marks entries as just checked, so the next sweep looks at others first.
+    pub(crate) fn touch(&self, task_ids: &[String]) {
+        let mut tasks = lock(&self.tasks);
+        let now = Instant::now();
+        for id in task_ids {
+            if let Some(t) = tasks.get_mut(id) {
+                t.since = now;
+            }
+        }
+    }
+
     /// Up to `limit` tasks with an entry but no run here, unchanged for at least `age`,
     /// the longest-waiting first.
     pub(crate) fn waiting_for(&self, age: Duration, limit: usize) -> Vec<String> {

@@ -16,6 +16,9 @@ use crate::execution::executor::{duration_ms, unexpected};
 use crate::node::Node;
 use crate::store::{OpResult, WriteOp, now_ms};
 
+/// Local entries checked against the store per sweep, longest-waiting first.
+const SWEEP_LIMIT: usize = 1_000;
+
 /// Commit markers are only read right after a failed COMMIT; an hour is plenty.
 const MARKER_RETENTION: Duration = Duration::from_secs(3600);
 
@@ -36,16 +39,21 @@ pub(crate) async fn run(node: Arc<Node>) {
 
 /// Drops local entries whose task waits no more (on this node or any other).
 pub(crate) async fn sweep_local(node: &Node) -> Result<()> {
-    let waiting = node.local.waiting_for(node.config.poll_interval);
+    let waiting = node
+        .local
+        .waiting_for(node.config.poll_interval, SWEEP_LIMIT);
     if waiting.is_empty() {
         return Ok(());
     }
     let still = node.store.tasks_still_pending(&waiting).await?;
+    let pending: std::collections::HashSet<&String> = still.iter().collect();
     let gone: Vec<String> = waiting
-        .into_iter()
-        .filter(|id| !still.contains(id))
+        .iter()
+        .filter(|id| !pending.contains(id))
+        .cloned()
         .collect();
     node.local.forget_waiting(&gone);
+    node.local.touch(&still);
     Ok(())
 }
 

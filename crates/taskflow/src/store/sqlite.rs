@@ -113,9 +113,12 @@ impl SqliteDriver {
             // Checkpoints run on their own connection (below), never inside the writer's
             // commit, where their fsync would stall every caller of that batch.
             .pragma("wal_autocheckpoint", "0");
+        // The connections are local and kept open, so no ping before each use (it would
+        // cost a round trip to SQLite's worker thread per batch).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            .test_before_acquire(false)
             .connect_with(opts.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
@@ -123,6 +126,7 @@ impl SqliteDriver {
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(1)
+            .test_before_acquire(false)
             .connect_with(opts.read_only(true))
             .await?;
         let background = TaskTracker::new();

@@ -229,6 +229,13 @@ impl Server {
             .unwrap_or_else(|r| panic!("attach refused: {} {}", r.status, r.text()))
     }
 
+    /// Opens an SSE stream with a GET of `path` as `user` (a plugin's own stream).
+    pub async fn sse_attach_path(&self, path: &str, user: &str) -> Sse {
+        Sse::open(self.addr, "GET", path, &[("X-Forwarded-User", user)], None)
+            .await
+            .unwrap_or_else(|r| panic!("stream refused: {} {}", r.status, r.text()))
+    }
+
     /// Polls the task's status until it is `want`.
     pub async fn wait_status(&self, key: &str, user: &str, want: &str) -> Value {
         let deadline = Instant::now() + DEADLINE;

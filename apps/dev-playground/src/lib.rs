@@ -1,5 +1,6 @@
 //! The dev-playground's demo plugin: `count`, `flaky`, `refuse`, `sleep` and `obo` tasks
-//! streamed over SSE, the task routes, and a web page at `/`.
+//! streamed over SSE, the task routes, a plugin-owned SSE stream (`clock`), and a web page
+//! at `/`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,9 +12,11 @@ use appkit::{
     UserContext,
 };
 use axum::Router;
+use axum::extract::Query;
 use axum::extract::State;
 use axum::response::Response;
-use axum::routing::post;
+use axum::response::sse::Event;
+use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -54,6 +57,16 @@ pub struct CountInput {
 pub struct FlakyInput {
     /// Attempts that fail before one succeeds.
     pub fail_times: u32,
+}
+
+/// Query of `GET /clock`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClockQuery {
+    /// Time between ticks, in milliseconds (at least 1).
+    pub interval_ms: u64,
+    /// Ticks before the stream ends; without it, it never ends.
+    pub ticks: Option<u64>,
 }
 
 /// Input of `refuse`.
@@ -105,6 +118,7 @@ impl Plugin for Demo {
 
     fn endpoints(&self) -> BTreeMap<String, String> {
         [
+            ("clock", "/clock"),
             ("count", "/count"),
             ("flaky", "/flaky"),
             ("obo", "/obo"),
@@ -119,6 +133,7 @@ impl Plugin for Demo {
 
     fn routes(&self, cx: &PluginContext) -> Router {
         let mut router = Router::new()
+            .route("/clock", get(clock))
             .route("/count", post(start_count))
             .route("/flaky", post(start_flaky))
             .route("/refuse", post(start_refuse))
@@ -199,6 +214,35 @@ async fn sleep(ctx: TaskContext, input: SleepInput) -> Result<Value, TaskError> 
 async fn stubborn(_ctx: TaskContext, input: SleepInput) -> Result<Value, TaskError> {
     tokio::time::sleep(Duration::from_millis(input.ms)).await;
     Ok(json!({ "sleptMs": input.ms }))
+}
+
+/// A plugin-owned SSE stream, not a task: `tick {"n": n}` every `interval_ms`, forever
+/// unless `ticks` is given. Served with the host's helper, so it gets keep-alives and
+/// is drained (final `server_shutting_down` frame) at shutdown.
+async fn clock(
+    State(cx): State<PluginContext>,
+    _user: UserContext,
+    Query(query): Query<ClockQuery>,
+) -> appkit::Result<Response> {
+    check(
+        (1..=MAX_DELAY_MS).contains(&query.interval_ms),
+        "`interval_ms` must be from 1 to 3600000",
+    )?;
+    let (sender, receiver) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(async move {
+        let mut n = 0u64;
+        while query.ticks.is_none_or(|ticks| n < ticks) {
+            tokio::time::sleep(Duration::from_millis(query.interval_ms)).await;
+            n += 1;
+            let tick = Event::default()
+                .event("tick")
+                .data(json!({ "n": n }).to_string());
+            if sender.send(tick).await.is_err() {
+                break; // the client left, or the stream was drained at shutdown
+            }
+        }
+    });
+    cx.sse_channel(receiver)
 }
 
 fn check(ok: bool, message: &str) -> Result<(), Error> {

@@ -5,8 +5,10 @@
 //! each step once, in order, under one deadline (`APPKIT_SHUTDOWN_TIMEOUT_MS`):
 //!
 //! 1. readiness off (`/ready` and new task submissions answer 503);
-//! 2. drain SSE bridges (final `server_shutting_down` frame, stream closed), before the
-//!    HTTP server waits for connections, so open streams cannot pin it;
+//! 2. drain SSE bridges and plugin-owned SSE streams
+//!    ([`PluginContext::sse_stream`](crate::PluginContext::sse_stream)): final
+//!    `server_shutting_down` frame, stream closed, before the HTTP server waits for
+//!    connections, so open streams cannot pin it;
 //! 3. abort active operations (each plugin's hook, then the task engine's drain);
 //! 4. HTTP server graceful close;
 //! 5. core services in reverse start order (plugins' `shutdown`, the task store, then the

@@ -14,7 +14,10 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::extract::UserContext;
 use crate::shutdown::ShutdownHandle;
-use crate::stream::{BridgeParams, BridgeRegistry, DisconnectPolicy, LastEventId, sse_response};
+use crate::stream::{
+    BridgeParams, BridgeRegistry, DisconnectPolicy, LastEventId, channel_events,
+    plugin_sse_response, sse_response,
+};
 
 /// How [`PluginContext::execute_task`] submits and streams.
 ///
@@ -232,6 +235,61 @@ impl PluginContext {
             redact: self.inner.config.is_production(),
             keepalive: self.inner.config.sse_keepalive,
         })
+    }
+
+    /// Serves `events` as an SSE stream the plugin owns (a feed, a clock, progress of
+    /// work that is not a task), with the host's stream behaviour: a `: hb` comment after
+    /// `APPKIT_SSE_KEEPALIVE_MS` idle, and at shutdown a final `event: error` /
+    /// `{"message":"server_shutting_down"}` frame and the end of the stream. The stream
+    /// joins the shutdown coordinator's drain like a task bridge, so one left open cannot
+    /// hold the HTTP server's close until the deadline. It ends when `events` does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShuttingDown`] (503) once shutdown has started.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use appkit::PluginContext;
+    /// use axum::{extract::State, response::Response, response::sse::Event};
+    ///
+    /// async fn feed(State(cx): State<PluginContext>) -> appkit::Result<Response> {
+    ///     let events = futures_util::stream::iter(
+    ///         (1..=3).map(|i| Event::default().event("item").data(i.to_string())),
+    ///     );
+    ///     cx.sse_stream(events)
+    /// }
+    /// # let _: axum::routing::MethodRouter<PluginContext> = axum::routing::get(feed);
+    /// ```
+    pub fn sse_stream(
+        &self,
+        events: impl futures_util::Stream<Item = axum::response::sse::Event> + Send + 'static,
+    ) -> Result<Response> {
+        if self.is_shutting_down() {
+            return Err(Error::ShuttingDown);
+        }
+        let guard = self.inner.bridges.attach_plain();
+        Ok(plugin_sse_response(
+            events,
+            guard,
+            self.inner.config.sse_keepalive,
+        ))
+    }
+
+    /// [`sse_stream`](Self::sse_stream) of the events sent on a channel: the plugin keeps
+    /// the sender (e.g. in a task it spawns) and sends frames; the stream ends when every
+    /// sender is dropped, and a send fails once the client is gone or the stream was
+    /// drained at shutdown, which tells the producer to stop.
+    ///
+    /// # Errors
+    ///
+    /// As for [`sse_stream`](Self::sse_stream).
+    pub fn sse_channel(
+        &self,
+        receiver: tokio::sync::mpsc::Receiver<axum::response::sse::Event>,
+    ) -> Result<Response> {
+        self.sse_stream(channel_events(receiver))
     }
 
     fn default_policy(&self) -> DisconnectPolicy {

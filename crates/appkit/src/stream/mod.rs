@@ -1,15 +1,18 @@
 //! The SSE bridge: task events to server-sent events, with keep-alive, resume, the
-//! disconnect grace and the shutdown drain.
+//! disconnect grace and the shutdown drain; and plugin-owned SSE streams
+//! ([`PluginContext::sse_stream`](crate::PluginContext::sse_stream)), drained the same way.
 
 mod bridge;
 mod failure;
 mod keepalive;
+mod plugin;
 mod registry;
 mod resume;
 
 pub(crate) use bridge::{BridgeParams, sse_response};
 pub(crate) use failure::client_error;
 pub use failure::{ATTEMPT_FAILED_MESSAGE, TASK_FAILED_MESSAGE};
+pub(crate) use plugin::{channel_events, plugin_sse_response};
 pub(crate) use registry::BridgeRegistry;
 pub use registry::DisconnectPolicy;
 pub use resume::LastEventId;

@@ -122,7 +122,17 @@ impl BridgeRegistry {
         }
     }
 
-    /// Open bridges right now.
+    /// Registers a plugin-owned stream: counted for the drain like a bridge, with no task
+    /// behind it (so no disconnect grace).
+    pub(crate) fn attach_plain(&self) -> PlainGuard {
+        self.state().open += 1;
+        PlainGuard {
+            registry: self.clone(),
+            drain: self.inner.drain.child_token(),
+        }
+    }
+
+    /// Open bridges (and plugin-owned streams) right now.
     pub(crate) fn open(&self) -> usize {
         self.state().open
     }
@@ -146,6 +156,14 @@ impl BridgeRegistry {
         }
         let _ = tokio::time::timeout_at(deadline, self.inner.timers.wait()).await;
         0
+    }
+
+    fn detach_plain(&self) {
+        let mut state = self.state();
+        state.open = state.open.saturating_sub(1);
+        if state.open == 0 {
+            self.inner.emptied.notify_waiters();
+        }
     }
 
     fn detach(&self, key: &str, forget_policy: bool) {
@@ -265,5 +283,25 @@ impl Drop for BridgeGuard {
         }
         self.registry
             .detach(&self.key, self.outcome == Outcome::TaskEnded);
+    }
+}
+
+/// One open plugin-owned stream; dropping it (the response body is gone) detaches it.
+#[derive(Debug)]
+pub(crate) struct PlainGuard {
+    registry: BridgeRegistry,
+    drain: CancellationToken,
+}
+
+impl PlainGuard {
+    /// Cancelled when the server drains streams at shutdown.
+    pub(crate) fn drain_token(&self) -> &CancellationToken {
+        &self.drain
+    }
+}
+
+impl Drop for PlainGuard {
+    fn drop(&mut self) {
+        self.registry.detach_plain();
     }
 }

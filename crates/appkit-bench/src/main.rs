@@ -32,6 +32,8 @@ modes:
            --rate R           submits/s in the paced latency phase, 0 to skip (default 2000)
            --latency-secs T   length of the latency phase in seconds (default 3)
            --store S          sqlite (default) | postgres (a fresh schema at TEST_DATABASE_URL)
+           --workload W       e2e (default) | submit (no executor) | drain (backlog, then run)
+           --history H        first fill the store with H completed tasks (default 0)
   sse      idle SSE bridges against the release dev-playground binary (build it first)
            --bridges N            bridges held open for the memory phase (default 10000)
            --shutdown-bridges N   bridges open at SIGTERM in the shutdown phase (default 1000)

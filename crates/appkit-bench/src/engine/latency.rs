@@ -45,7 +45,7 @@ pub(super) async fn run(
         // up as latency rather than as a lower offered rate.
         let due = begin + Duration::from_nanos(u64::try_from(j)? * 1_000_000_000 / u64::from(rate));
         tokio::time::sleep_until(due.into()).await;
-        tasks.spawn(one(flow.clone(), rec.clone(), base + j));
+        tasks.spawn(one(flow.clone(), rec.clone(), base + j, due));
     }
     let submitting = begin.elapsed();
     let mut complete = Vec::with_capacity(n);
@@ -65,10 +65,12 @@ pub(super) async fn run(
     })
 }
 
-/// Submits task `i`, subscribes from seq 0, and returns submit → `completed` received.
-async fn one(flow: TaskFlow, rec: Arc<Recorder>, i: usize) -> Result<Duration> {
-    let t0 = Instant::now();
-    rec.submitting(i);
+/// Submits task `i`, subscribes from seq 0, and returns submit → `completed` received,
+/// timed from `due`, the moment the schedule says the submit is sent: time the spawned
+/// task waits to run counts too (no coordinated omission).
+async fn one(flow: TaskFlow, rec: Arc<Recorder>, i: usize, due: Instant) -> Result<Duration> {
+    let t0 = due;
+    rec.submitting_at(i, due);
     let key = match flow.submit(TASK, i, SubmitOptions::new()).await? {
         Submitted::Created(h) => h.idempotency_key,
         Submitted::Existing(_, status) => bail!("task {i} attached to an existing {status} task"),

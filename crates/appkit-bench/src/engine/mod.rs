@@ -1,8 +1,23 @@
-//! `engine` mode: no-op tasks through [`TaskFlow`] on a [`SqliteStore`] in a temporary
+//! `engine` mode: no-op tasks through [`TaskFlow`] on a SQLite store in a temporary
 //! directory (WAL, `synchronous=NORMAL`, the engine's defaults), engine and bench sharing
 //! one multi-threaded tokio runtime, as in an app that embeds the engine. With
-//! `--store postgres` the engine runs on a [`PostgresStore`] in a fresh schema of the
+//! `--store postgres` the engine runs on a Postgres store in a fresh schema of the
 //! database at `TEST_DATABASE_URL` instead (same phases, same fields).
+//!
+//! # Workloads (`--workload`)
+//!
+//! - `e2e` (default): phase 1 and phase 2 below: submit and run at once.
+//! - `submit`: `--tasks` acknowledged submits from `--concurrency` submitters with no
+//!   executor running (`Config::run_tasks(false)`); `tasks_per_s` = tasks / time from the
+//!   first submit to the last acknowledgement. Every task is then checked to be pending.
+//! - `drain`: `--tasks` tasks are submitted with no executor running (untimed), the
+//!   engine is shut down, and a new one is started on the same store with `--slots`
+//!   slots; `tasks_per_s` = tasks / time from just before that start to the last
+//!   completion committed (measured as in phase 1). Shaped like graphile-worker's and
+//!   pg-boss's drain benchmarks, so the ratios mean something.
+//!
+//! `--history H` first fills the store with H completed tasks and their events (see
+//! `history`), then (Postgres) runs `VACUUM ANALYZE`, so a long-lived store is measured.
 //!
 //! The handler `bench.noop` takes its task index as input, records when it ran and returns
 //! `null`. Tasks are submitted without a user and with derived idempotency keys, so every
@@ -46,8 +61,10 @@
 //! `peak_rss_kib` is the process's `VmHWM` at the end (engine, bench bookkeeping and
 //! SQLite page cache together).
 
+mod history;
 mod latency;
 mod recorder;
+mod store;
 mod throughput;
 
 use std::sync::Arc;
@@ -55,10 +72,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use taskflow::{
-    Config, DEFAULT_MAX_PENDING, PostgresStore, SqliteStore, TaskContext, TaskError, TaskFlow,
-    TaskOptions,
-};
+use taskflow::{Config, DEFAULT_MAX_PENDING, TaskContext, TaskError, TaskFlow, TaskOptions};
 
 use self::recorder::Recorder;
 use crate::args::Flags;
@@ -75,11 +89,46 @@ pub(crate) struct Options {
     rate: u32,
     latency_secs: u32,
     store: StoreKind,
+    workload: Workload,
+    history: usize,
+}
+
+/// What is measured (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    E2e,
+    Submit,
+    Drain,
+}
+
+impl std::str::FromStr for Workload {
+    type Err = std::io::Error;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "e2e" => Ok(Self::E2e),
+            "submit" => Ok(Self::Submit),
+            "drain" => Ok(Self::Drain),
+            other => Err(std::io::Error::other(format!(
+                "unknown workload `{other}` (e2e | submit | drain)"
+            ))),
+        }
+    }
+}
+
+impl Workload {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::E2e => "e2e",
+            Self::Submit => "submit",
+            Self::Drain => "drain",
+        }
+    }
 }
 
 /// Which store the engine runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StoreKind {
+pub(super) enum StoreKind {
     /// A temporary SQLite file.
     Sqlite,
     /// A fresh schema in the database at `TEST_DATABASE_URL`.
@@ -110,13 +159,19 @@ impl Options {
             rate: flags.take("rate", 2_000)?,
             latency_secs: flags.take("latency-secs", 3)?,
             store: flags.take("store", StoreKind::Sqlite)?,
+            workload: flags.take("workload", Workload::E2e)?,
+            history: flags.take("history", 0)?,
         };
         flags.finish()?;
         anyhow::ensure!(opts.tasks > 0, "--tasks must be at least 1");
         Ok(opts)
     }
 
+    /// Tasks of the paced latency phase (e2e only).
     fn latency_tasks(&self) -> usize {
+        if self.workload != Workload::E2e {
+            return 0;
+        }
         usize::try_from(u64::from(self.rate) * u64::from(self.latency_secs)).unwrap_or(0)
     }
 }
@@ -125,7 +180,9 @@ impl Options {
 #[derive(Debug, Serialize)]
 struct Report {
     mode: &'static str,
+    workload: &'static str,
     store: &'static str,
+    history: usize,
     tasks: usize,
     concurrency: usize,
     slots: usize,
@@ -146,57 +203,129 @@ struct Report {
     peak_rss_kib: Option<u64>,
 }
 
-/// Runs both phases and returns the report as one JSON line.
+/// Runs the workload and returns the report as one JSON line.
 pub(crate) async fn run(opts: Options) -> Result<String> {
     let dir = tempfile::tempdir()?;
+    let spec = store::StoreSpec::create(opts.store, dir.path()).await?;
+    if opts.history > 0 {
+        history::fill(&spec, opts.history).await?;
+    }
     let pending_bound = DEFAULT_MAX_PENDING.max(u64::try_from(opts.tasks)?.saturating_mul(2));
     let config = Config::default()
         .global_slots(opts.slots)
         .max_pending(pending_bound);
-    let flow = match opts.store {
-        StoreKind::Sqlite => {
-            TaskFlow::start(
-                SqliteStore::open(dir.path().join("tasks.db")).await?,
-                config,
-            )
-            .await?
-        }
-        StoreKind::Postgres => TaskFlow::start(postgres_store().await?, config).await?,
-    };
     let rec = Arc::new(Recorder::new(opts.tasks + opts.latency_tasks(), opts.tasks));
-    register(&flow, &rec)?;
-    let progress = tokio::spawn(progress(rec.clone(), opts.tasks));
+    let (tp, lat) = match opts.workload {
+        Workload::E2e => e2e(&opts, &spec, config, &rec).await?,
+        Workload::Submit => (submit_only(&opts, &spec, config, &rec).await?, None),
+        Workload::Drain => (drain(&opts, &spec, config, &rec).await?, None),
+    };
+    let report = report(&opts, &tp, lat.as_ref());
+    Ok(serde_json::to_string(&report)?)
+}
 
+/// Phase 1 (submit and run at once), its verification, then phase 2.
+async fn e2e(
+    opts: &Options,
+    spec: &store::StoreSpec,
+    config: Config,
+    rec: &Arc<Recorder>,
+) -> Result<(throughput::Throughput, Option<latency::Latency>)> {
+    let flow = spec.start(config).await?;
+    register(&flow, rec)?;
+    let progress = tokio::spawn(progress(rec.clone(), opts.tasks));
     eprintln!(
         "engine: phase 1: {} tasks, {} submitters, {} slots",
         opts.tasks, opts.concurrency, opts.slots
     );
-    let tp = throughput::run(&flow, &rec, opts.tasks, opts.concurrency).await?;
+    let tp = throughput::run(&flow, rec, opts.tasks, opts.concurrency).await?;
     progress.abort();
     eprintln!(
         "engine: phase 1 done in {:.3} s ({:.0} tasks/s); verifying every task",
         tp.elapsed.as_secs_f64(),
         opts.tasks as f64 / tp.elapsed.as_secs_f64()
     );
-    let verify_began = Instant::now();
-    throughput::verify(&flow, &tp.keys).await?;
-    eprintln!(
-        "engine: verified in {:.1} s",
-        verify_began.elapsed().as_secs_f64()
-    );
-
+    verify(&flow, &tp.keys).await?;
     let lat = if opts.rate > 0 && opts.latency_secs > 0 {
         eprintln!(
             "engine: phase 2: {} submits/s for {} s, each watched to completion",
             opts.rate, opts.latency_secs
         );
-        Some(latency::run(&flow, &rec, opts.tasks, opts.rate, opts.latency_secs).await?)
+        Some(latency::run(&flow, rec, opts.tasks, opts.rate, opts.latency_secs).await?)
     } else {
         None
     };
     flow.shutdown().await;
-    let report = report(&opts, &tp, lat.as_ref());
-    Ok(serde_json::to_string(&report)?)
+    Ok((tp, lat))
+}
+
+/// Acknowledged submits with no executor.
+async fn submit_only(
+    opts: &Options,
+    spec: &store::StoreSpec,
+    config: Config,
+    rec: &Arc<Recorder>,
+) -> Result<throughput::Throughput> {
+    let flow = spec.start(config.run_tasks(false)).await?;
+    register(&flow, rec)?;
+    eprintln!(
+        "engine: submit: {} tasks, {} submitters, no executor",
+        opts.tasks, opts.concurrency
+    );
+    let began = Instant::now();
+    let keys = throughput::submit_all(&flow, rec, opts.tasks, opts.concurrency).await?;
+    let elapsed = began.elapsed();
+    throughput::verify_pending(&flow, &keys).await?;
+    flow.shutdown().await;
+    Ok(throughput::Throughput {
+        elapsed,
+        submitting: elapsed,
+        start_latency: None,
+        keys,
+    })
+}
+
+/// Submits with no executor (untimed), then times a fresh engine draining the backlog.
+async fn drain(
+    opts: &Options,
+    spec: &store::StoreSpec,
+    config: Config,
+    rec: &Arc<Recorder>,
+) -> Result<throughput::Throughput> {
+    let submitter = spec.start(config.clone().run_tasks(false)).await?;
+    register(&submitter, rec)?;
+    eprintln!("engine: drain: submitting {} tasks (untimed)", opts.tasks);
+    let began = Instant::now();
+    let keys = throughput::submit_all(&submitter, rec, opts.tasks, opts.concurrency).await?;
+    let submitting = began.elapsed();
+    submitter.shutdown().await;
+    store::vacuum(spec).await?;
+    eprintln!(
+        "engine: drain: starting an executor with {} slots",
+        opts.slots
+    );
+    let progress = tokio::spawn(progress(rec.clone(), opts.tasks));
+    let began = Instant::now();
+    let flow = spec.start(config).await?;
+    register(&flow, rec)?;
+    throughput::wait_all_completed(&flow, rec, &keys).await?;
+    let elapsed = began.elapsed();
+    progress.abort();
+    verify(&flow, &keys).await?;
+    flow.shutdown().await;
+    Ok(throughput::Throughput {
+        elapsed,
+        submitting,
+        start_latency: None,
+        keys,
+    })
+}
+
+async fn verify(flow: &TaskFlow, keys: &[String]) -> Result<()> {
+    let began = Instant::now();
+    throughput::verify(flow, keys).await?;
+    eprintln!("engine: verified in {:.1} s", began.elapsed().as_secs_f64());
+    Ok(())
 }
 
 fn register(flow: &TaskFlow, rec: &Arc<Recorder>) -> Result<()> {
@@ -237,6 +366,8 @@ fn report(opts: &Options, tp: &throughput::Throughput, lat: Option<&latency::Lat
     let complete = lat.and_then(|l| l.complete);
     Report {
         mode: "engine",
+        workload: opts.workload.as_str(),
+        history: opts.history,
         store: match opts.store {
             StoreKind::Sqlite => "sqlite",
             StoreKind::Postgres => "postgres",
@@ -250,7 +381,11 @@ fn report(opts: &Options, tp: &throughput::Throughput, lat: Option<&latency::Lat
         submit_phase_s: round3(tp.submitting.as_secs_f64()),
         saturated_submit_to_start_p50_ms: p(|p| p.p50_ms, tp.start_latency),
         saturated_submit_to_start_p99_ms: p(|p| p.p99_ms, tp.start_latency),
-        latency_rate: opts.rate,
+        latency_rate: if opts.workload == Workload::E2e {
+            opts.rate
+        } else {
+            0
+        },
         latency_tasks: lat.map_or(0, |l| l.tasks),
         latency_achieved_rate: lat.map(|l| round3(l.achieved_rate)),
         submit_to_start_p50_ms: p(|p| p.p50_ms, start),
@@ -260,31 +395,4 @@ fn report(opts: &Options, tp: &throughput::Throughput, lat: Option<&latency::Lat
         submit_to_complete_max_ms: p(|p| p.max_ms, complete),
         peak_rss_kib: peak_rss_kib(),
     }
-}
-
-/// A [`PostgresStore`] in a fresh schema of the database at `TEST_DATABASE_URL`.
-async fn postgres_store() -> Result<PostgresStore> {
-    use std::str::FromStr;
-    let url = std::env::var("TEST_DATABASE_URL")
-        .map_err(|_| anyhow::anyhow!("--store postgres reads TEST_DATABASE_URL (e.g. postgres://postgres@127.0.0.1:5432/test)"))?;
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    let schema = format!("bench_{stamp}_{}", std::process::id());
-    let admin = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&url)
-        .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
-        .execute(&admin)
-        .await?;
-    admin.close().await;
-    eprintln!("engine: postgres schema {schema}");
-    let opts = sqlx::postgres::PgConnectOptions::from_str(&url)?
-        .options([("search_path", schema.as_str())]);
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(10)
-        .connect_with(opts)
-        .await?;
-    Ok(PostgresStore::new(pool).await?)
 }

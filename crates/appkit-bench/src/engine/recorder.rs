@@ -42,7 +42,12 @@ impl Recorder {
 
     /// Records that task `i` is about to be submitted.
     pub(super) fn submitting(&self, i: usize) {
-        self.submitted[i].store(self.stamp(Instant::now()), Ordering::Relaxed);
+        self.submitting_at(i, Instant::now());
+    }
+
+    /// Records that task `i` was due to be submitted at `at`.
+    pub(super) fn submitting_at(&self, i: usize, at: Instant) {
+        self.submitted[i].store(self.stamp(at), Ordering::Relaxed);
     }
 
     /// Called by the handler on entry and just before it returns (both in one poll).

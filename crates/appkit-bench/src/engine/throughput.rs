@@ -40,6 +40,27 @@ pub(super) async fn run(
     concurrency: usize,
 ) -> Result<Throughput> {
     let first_submit = Instant::now();
+    let keys = submit_all(flow, rec, n, concurrency).await?;
+    let submitting = first_submit.elapsed();
+    wait_all_completed(flow, rec, &keys).await?;
+    let elapsed = first_submit.elapsed();
+    let start_latency = Percentiles::of((0..n).filter_map(|i| rec.submit_to_start(i)).collect());
+    Ok(Throughput {
+        elapsed,
+        submitting,
+        start_latency,
+        keys,
+    })
+}
+
+/// Submits tasks `0..n` from `concurrency` submitters; their keys by task index, once
+/// every submit is acknowledged (committed).
+pub(super) async fn submit_all(
+    flow: &TaskFlow,
+    rec: &Arc<Recorder>,
+    n: usize,
+    concurrency: usize,
+) -> Result<Vec<String>> {
     let next = Arc::new(AtomicUsize::new(0));
     let mut submitters = JoinSet::new();
     for _ in 0..concurrency.clamp(1, n.max(1)) {
@@ -51,7 +72,17 @@ pub(super) async fn run(
             keys[i] = key;
         }
     }
-    let submitting = first_submit.elapsed();
+    Ok(keys)
+}
+
+/// Waits until the handlers of all `keys` ran and the last completions are committed
+/// (see the module docs of `engine` for why watching the last returners is enough).
+pub(super) async fn wait_all_completed(
+    flow: &TaskFlow,
+    rec: &Arc<Recorder>,
+    keys: &[String],
+) -> Result<()> {
+    let n = keys.len();
     tokio::time::timeout(DEADLINE, rec.all_returned())
         .await
         .with_context(|| {
@@ -62,14 +93,7 @@ pub(super) async fn run(
         })?;
     let tail = rec.last_returned(n, TAIL);
     try_join_all(tail.iter().map(|&i| wait_completed(flow, &keys[i]))).await?;
-    let elapsed = first_submit.elapsed();
-    let start_latency = Percentiles::of((0..n).filter_map(|i| rec.submit_to_start(i)).collect());
-    Ok(Throughput {
-        elapsed,
-        submitting,
-        start_latency,
-        keys,
-    })
+    Ok(())
 }
 
 async fn submitter(
@@ -106,6 +130,25 @@ async fn wait_completed(flow: &TaskFlow, key: &str) -> Result<()> {
         }
     }
     bail!("event stream of task {key} ended without a terminal event")
+}
+
+/// Checks, untimed, that every task is still pending with only its `created` event (the
+/// `submit` workload runs no executor).
+pub(super) async fn verify_pending(flow: &TaskFlow, keys: &[String]) -> Result<()> {
+    let mut checks = futures_util::stream::iter(keys)
+        .map(|key| async move { (key, flow.status(key, None).await) })
+        .buffer_unordered(8);
+    while let Some((key, status)) = checks.next().await {
+        let task = status.with_context(|| format!("status of {key}"))?;
+        if task.status != TaskStatus::Pending || task.last_seq != 1 {
+            bail!(
+                "task {key}: status {} last_seq {} (want pending, 1)",
+                task.status,
+                task.last_seq
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Checks, untimed, that every task completed in one attempt with exactly the events

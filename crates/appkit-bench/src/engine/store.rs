@@ -84,7 +84,7 @@ pub(super) async fn vacuum(spec: &StoreSpec) -> Result<()> {
     if let StoreSpec::Postgres(opts) = spec {
         let pool = PgPoolOptions::new()
             .max_connections(1)
-            .connect_with(opts.clone())
+            .connect_with((**opts).clone())
             .await?;
         for table in ["tasks", "task_events", "task_steps", "task_batches"] {
             sqlx::query(sqlx::AssertSqlSafe(format!("VACUUM ANALYZE {table}")))

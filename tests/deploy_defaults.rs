@@ -89,6 +89,18 @@ async fn production_with_an_explicit_trust_decision_starts_and_follows_it() {
     )
     .await;
     assert_eq!(server.get(NEEDS_USER, "mallory").await.status, 401);
+    server
+        .logs
+        .wait_for("saying the environment", |l| {
+            l.contains("environment: production (set by APPKIT_ENV)")
+        })
+        .await;
+    server
+        .logs
+        .wait_for("saying whose word identifies users", |l| {
+            l.contains("identity: none: X-Forwarded-* user headers ignored")
+        })
+        .await;
     // SQLite in production: warned about too.
     server
         .logs

@@ -59,12 +59,12 @@ impl EnvironmentSource {
     /// Why, in words, for the start-up log.
     pub fn reason(self) -> &'static str {
         match self {
-            Self::Explicit => "APPKIT_ENV is set",
+            Self::Explicit => "set by APPKIT_ENV",
             Self::DatabricksApp => {
-                "APPKIT_ENV is unset and DATABRICKS_APP_NAME is set (running on Databricks Apps)"
+                "APPKIT_ENV is unset and DATABRICKS_APP_NAME is set: running on Databricks Apps"
             }
             Self::Default => {
-                "APPKIT_ENV is unset and DATABRICKS_APP_NAME is unset (not on Databricks Apps)"
+                "APPKIT_ENV is unset and DATABRICKS_APP_NAME is unset: not on Databricks Apps"
             }
         }
     }

@@ -208,11 +208,15 @@ impl Driver for SqliteDriver {
     }
 }
 
-/// Terminal or long-suspended tasks, for retention.
+/// Terminal or long-suspended tasks, for retention. The first term is the predicate of
+/// the partial index `tasks_finished`, so the purge walks that index instead of scanning
+/// every task.
 macro_rules! purgeable {
     () => {
-        "(status IN ('completed', 'failed', 'cancelled') AND updated_at < ?1) \
-         OR (status = 'suspended' AND updated_at < ?2)"
+        "status IN ('completed', 'failed', 'cancelled', 'suspended') \
+         AND updated_at < max(?1, ?2) \
+         AND ((status <> 'suspended' AND updated_at < ?1) \
+              OR (status = 'suspended' AND updated_at < ?2))"
     };
 }
 

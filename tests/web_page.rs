@@ -59,6 +59,7 @@ async fn page_starts_reattaches_after_reload_and_controls_a_task() {
     );
     for check in [
         "page served",
+        "window.__CONFIG__",
         "re-attach",
         "no tick repeated",
         "last tick is 8",

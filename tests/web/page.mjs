@@ -24,6 +24,8 @@ try {
   page.setDefaultTimeout(deadline);
   await page.goto(base + "/");
   check((await page.title()) === "appkit dev-playground", "page served at /");
+  const count = await page.evaluate(() => window.__CONFIG__ && window.__CONFIG__.endpoints.demo.count);
+  check(count === "/api/demo/count", "window.__CONFIG__ gives the demo's endpoints");
 
   // 1. Start a count and see progress.
   await page.fill("#to", "8");

@@ -319,3 +319,44 @@ async fn duplicate_task_names_fail_setup_naming_the_plugin() {
     assert!(text.contains("plugin `other`"), "{text}");
     assert!(text.contains("`sleep` is already registered"), "{text}");
 }
+
+#[tokio::test]
+async fn production_elsewhere_needs_a_trust_decision_or_an_extractor_of_the_apps() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&dir);
+    c.env = Environment::Production;
+    let err = App::builder().plugin(probe()).build(c.clone()).unwrap_err();
+    assert!(matches!(err, Error::UntrustedIdentity(_)), "{err}");
+    assert!(err.to_string().contains("APPKIT_TRUST_FORWARDED_USER=true"));
+
+    // The app's own extractor: accepted, and the forwarded headers are never read.
+    let app = App::builder()
+        .plugin(probe())
+        .user_extractor(|parts| {
+            Ok(parts
+                .headers
+                .get("x-session")
+                .and_then(|v| v.to_str().ok())
+                .map(|s| UserContext::new(format!("session-{s}"))))
+        })
+        .build(c)
+        .unwrap();
+    let started = app.start().await.unwrap();
+    let host = Host {
+        router: started.router.clone(),
+        _dir: dir,
+        started,
+    };
+    let whoami = |headers: &[(&str, &str)]| {
+        let mut req = Request::get("/api/probe/whoami");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(Body::empty()).unwrap()
+    };
+    let (status, _, body) = host.call(whoami(&[("X-Forwarded-User", "mallory")])).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, _, body) = host.call(whoami(&[("x-session", "42")])).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "session-42"));
+    host.stop().await;
+}

@@ -43,3 +43,40 @@ async fn purge_deletes_commit_markers_before_the_cutoff() {
         .await;
     store.close().await;
 }
+
+/// A row this version cannot read is reported as corrupt data (a 500 at the HTTP edge),
+/// not as an unreachable store (a 503 that tells clients to retry a bug).
+#[tokio::test]
+async fn a_corrupt_row_is_reported_as_corrupt_not_as_an_outage() {
+    use serde_json::json;
+    use taskflow::testing::{SubmitParams, WriteOp};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tasks.db");
+    let store = storage(SqliteStore::open(&path).await.unwrap());
+    let submit = SubmitParams {
+        id: "t1".into(),
+        name: "job".into(),
+        key: "k1".into(),
+        user_id: None,
+        input: json!(1),
+        max_attempts: 3,
+        max_recoveries: 20,
+        auto_recover: true,
+        mode: taskflow::IdempotencyMode::AtLeastOnce,
+        now: 1_000,
+        claim: None,
+    };
+    store.write_batch(&[WriteOp::Submit(submit)]).await.unwrap();
+    let opts = SqliteConnectOptions::new().filename(&path);
+    let mut conn = SqliteConnection::connect_with(&opts).await.unwrap();
+    sqlx::query("UPDATE tasks SET status = 'exploded' WHERE id = 't1'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let err = store.task_by_id("t1").await.unwrap_err();
+    assert!(matches!(err, taskflow::Error::Corrupt(_)), "{err:?}");
+    assert!(!err.is_unavailable());
+    assert!(err.to_string().contains("exploded"), "{err}");
+    store.close().await;
+}

@@ -155,38 +155,22 @@ impl From<sqlx::Error> for Error {
             E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => {
                 Self::StoreUnavailable(std::sync::Arc::new(e))
             }
-            E::Database(db) if db.code().as_deref().is_some_and(transient_code) => {
-                Self::StoreUnavailable(std::sync::Arc::new(e))
-            }
-            E::Database(db) if db.code().as_deref().is_some_and(corrupt_code) => {
-                Self::Corrupt(db.message().to_owned())
+            E::Database(db) => {
+                let sqlite = db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some();
+                let code = db.code().unwrap_or_default();
+                if transient_code(sqlite, &code) {
+                    Self::StoreUnavailable(std::sync::Arc::new(e))
+                } else if corrupt_code(sqlite, &code) {
+                    Self::Corrupt(db.message().to_owned())
+                } else {
+                    Self::Store(std::sync::Arc::new(e))
+                }
             }
             E::ColumnDecode { .. } | E::Decode(_) | E::ColumnNotFound(_) => {
                 Self::Corrupt(e.to_string())
             }
             _ => Self::Store(std::sync::Arc::new(e)),
         }
-    }
-}
-
-/// SQLSTATE classes and codes (Postgres) and result codes (SQLite, numeric) that mean
-/// "not now" rather than "never".
-fn transient_code(code: &str) -> bool {
-    if let Ok(n) = code.parse::<u32>() {
-        // SQLite: BUSY, LOCKED, NOMEM, IOERR, FULL, CANTOPEN, PROTOCOL (primary codes).
-        return matches!(n & 0xff, 5 | 6 | 7 | 10 | 13 | 14 | 15);
-    }
-    code.starts_with("08") // connection exception
-        || code.starts_with("53") // insufficient resources
-        || code.starts_with("57P") // admin / crash shutdown, cannot connect now
-        || matches!(code, "40001" | "40P01" | "55P03" | "25006")
-}
-
-/// SQLite's CORRUPT and NOTADB; Postgres' data_corrupted and index_corrupted.
-fn corrupt_code(code: &str) -> bool {
-    match code.parse::<u32>() {
-        Ok(n) => matches!(n & 0xff, 11 | 26),
-        Err(_) => matches!(code, "XX001" | "XX002"),
     }
 }
 
@@ -205,5 +189,78 @@ impl From<std::io::Error> for Error {
 impl From<sqlx::migrate::MigrateError> for Error {
     fn from(e: sqlx::migrate::MigrateError) -> Self {
         Self::Migration(std::sync::Arc::new(e))
+    }
+}
+
+/// Result codes (SQLite, numeric, possibly extended) and SQLSTATE classes and codes
+/// (Postgres) that mean "not now" rather than "never". A failed login (class 28) counts:
+/// with rotating credentials (Lakebase) it passes once the credential is refreshed.
+fn transient_code(sqlite: bool, code: &str) -> bool {
+    if sqlite {
+        // BUSY, LOCKED, NOMEM, IOERR, FULL, CANTOPEN, PROTOCOL (primary codes).
+        return code
+            .parse::<u32>()
+            .is_ok_and(|n| matches!(n & 0xff, 5 | 6 | 7 | 10 | 13 | 14 | 15));
+    }
+    code.starts_with("08") // connection exception
+        || code.starts_with("28") // invalid authorization (credential rotation, role locked)
+        || code.starts_with("53") // insufficient resources
+        || code.starts_with("57P") // admin / crash shutdown, cannot connect now
+        || matches!(code, "40001" | "40P01" | "55P03" | "25006")
+}
+
+/// SQLite's CORRUPT and NOTADB; Postgres' data_corrupted and index_corrupted.
+fn corrupt_code(sqlite: bool, code: &str) -> bool {
+    if sqlite {
+        return code
+            .parse::<u32>()
+            .is_ok_and(|n| matches!(n & 0xff, 11 | 26));
+    }
+    matches!(code, "XX001" | "XX002")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classify(e: sqlx::Error) -> Error {
+        Error::from(e)
+    }
+
+    #[test]
+    fn unreachable_stores_are_unavailable_and_bugs_are_not() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert!(classify(sqlx::Error::Io(io)).is_unavailable());
+        assert!(classify(sqlx::Error::PoolTimedOut).is_unavailable());
+        assert!(classify(sqlx::Error::PoolClosed).is_unavailable());
+        assert!(Error::OutcomeUnknown.is_unavailable());
+        let bug = classify(sqlx::Error::Protocol("unexpected message".into()));
+        assert!(matches!(bug, Error::Store(_)), "{bug:?}");
+        assert!(!bug.is_unavailable());
+        let missing = classify(sqlx::Error::ColumnNotFound("epoch".into()));
+        assert!(matches!(missing, Error::Corrupt(_)), "{missing:?}");
+    }
+
+    #[test]
+    fn result_codes_are_read_by_cause() {
+        // SQLite: BUSY, FULL and IOERR (with an extended code) are transient; CORRUPT is not.
+        let sqlite = |c| transient_code(true, c);
+        assert!(sqlite("5") && sqlite("13") && sqlite("266"));
+        assert!(
+            !sqlite("19"),
+            "a constraint violation is a bug, not an outage"
+        );
+        assert!(corrupt_code(true, "11") && corrupt_code(true, "26"));
+        // Postgres: connection exceptions, failed logins, shutdown, resource exhaustion,
+        // serialization; numeric SQLSTATEs are not read as SQLite codes.
+        for code in ["08006", "28000", "57P01", "53100", "40001", "40P01"] {
+            assert!(transient_code(false, code), "{code}");
+        }
+        assert!(
+            !transient_code(false, "23505"),
+            "a unique violation is not transient"
+        );
+        assert!(!transient_code(false, "42P01"), "a missing table is a bug");
+        assert!(corrupt_code(false, "XX001") && !corrupt_code(false, "11"));
     }
 }

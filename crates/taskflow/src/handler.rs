@@ -16,8 +16,8 @@ use tracing::Instrument;
 use crate::error::{Error, Result};
 use crate::event::{EventKind, NewEvent};
 use crate::guard::{check_event_name, check_payload};
-use crate::writer::Writer;
 use crate::store::{Fence, OpResult, WriteOp};
+use crate::writer::Writer;
 
 /// How a handler's failure is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

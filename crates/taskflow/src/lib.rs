@@ -36,9 +36,9 @@ mod services;
 #[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 mod store;
 mod task;
-mod writer;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod writer;
 
 pub use config::*;
 pub use delivery::EventStream;

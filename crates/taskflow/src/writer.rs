@@ -13,9 +13,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::store::{OpOutcome, Storage, WriteOp};
 use crate::delivery::Hub;
 use crate::error::{Error, Result};
+use crate::store::{OpOutcome, Storage, WriteOp};
 
 /// Ops larger batches are split at, to bound one transaction's size.
 const MAX_BATCH: usize = 512;

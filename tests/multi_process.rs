@@ -221,7 +221,11 @@ async fn sigkilled_process_task_is_recovered_by_the_other_without_rerunning_step
     assert_count_ran_once(&key, &events, 10);
     // A process death is a recovery: the attempt is given back, not spent.
     assert_eq!(started_attempts(&events), [1, 1], "{events:#?}");
-    let restarted = events.iter().filter(|e| e.kind == "started").nth(1).unwrap();
+    let restarted = events
+        .iter()
+        .filter(|e| e.kind == "started")
+        .nth(1)
+        .unwrap();
     assert_eq!(restarted.payload["recovery"], true, "{restarted:?}");
     assert_eq!(restarted.payload["recoveries"], 1, "{restarted:?}");
     assert_eq!(pg::count_kind(&events, "retrying"), 1, "{events:#?}");

@@ -66,7 +66,7 @@ export type TaskOutcome = {
     lastSeq: number;
 };
 /** Task lifecycle states a stream reports (`status` of {@link TaskHandlers.onStatus}). */
-export type TaskStreamStatus = "connecting" | "ready" | "started" | "retrying" | "resumed" | "suspended" | "reconnecting" | "completed" | "failed" | "cancelled";
+export type TaskStreamStatus = "connecting" | "ready" | "started" | "retrying" | "resumed" | "suspended" | "reconnecting" | "connected" | "completed" | "failed" | "cancelled";
 type Awaitable = void | Promise<void>;
 /** Callbacks of a task stream. Each is awaited before the next frame is dispatched. */
 export interface TaskHandlers {
@@ -83,7 +83,11 @@ export interface TaskHandlers {
     onCancelled?(payload: unknown): Awaitable;
     /** `suspended`: the task was stopped; the stream stays open, `resume` continues it. */
     onSuspended?(payload: unknown): Awaitable;
-    /** Every lifecycle change, including `reconnecting` (payload: `{attempt, delayMs, reason}`). */
+    /**
+     * Every lifecycle change, and the connection's: `connecting` (first request),
+     * `reconnecting` (payload `{attempt, delayMs, reason}`), `connected` (any 2xx answer,
+     * payload `{reconnected}`).
+     */
     onStatus?(status: TaskStreamStatus, payload: unknown): Awaitable;
     /** Named (user) events, and lifecycle ones too if a handler has their name. */
     onEvent?: Record<string, (data: unknown, frame: {

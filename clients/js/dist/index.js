@@ -285,6 +285,7 @@ async function run(first, knownKey, h, o) {
                 throw new Error(`HTTP ${response.status}`);
             }
             await learnKey(response.headers.get(KEY_HEADER));
+            await h.onStatus?.("connected", { reconnected: request !== first || attempt > 0 });
             const parser = new SseParser({ maxFrameChars: o.maxFrameChars });
             const reader = response.body.getReader();
             try {

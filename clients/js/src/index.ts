@@ -149,6 +149,7 @@ export type TaskStreamStatus =
   | "resumed"
   | "suspended"
   | "reconnecting"
+  | "connected"
   | "completed"
   | "failed"
   | "cancelled";
@@ -170,7 +171,11 @@ export interface TaskHandlers {
   onCancelled?(payload: unknown): Awaitable;
   /** `suspended`: the task was stopped; the stream stays open, `resume` continues it. */
   onSuspended?(payload: unknown): Awaitable;
-  /** Every lifecycle change, including `reconnecting` (payload: `{attempt, delayMs, reason}`). */
+  /**
+   * Every lifecycle change, and the connection's: `connecting` (first request),
+   * `reconnecting` (payload `{attempt, delayMs, reason}`), `connected` (any 2xx answer,
+   * payload `{reconnected}`).
+   */
   onStatus?(status: TaskStreamStatus, payload: unknown): Awaitable;
   /** Named (user) events, and lifecycle ones too if a handler has their name. */
   onEvent?: Record<string, (data: unknown, frame: { seq: number | null; event: string }) => Awaitable>;
@@ -400,6 +405,7 @@ async function run(first: Request, knownKey: string | null, h: TaskHandlers, o: 
         throw new Error(`HTTP ${response.status}`);
       }
       await learnKey(response.headers.get(KEY_HEADER));
+      await h.onStatus?.("connected", { reconnected: request !== first || attempt > 0 });
       const parser = new SseParser({ maxFrameChars: o.maxFrameChars });
       const reader = response.body.getReader();
       try {

@@ -47,7 +47,7 @@ test("POST: key from the header, ready once, progress in order, completed with t
     onCompleted: (r) => seen.push(`completed ${r.total}`),
   }, { fetch, backoff: fast });
   assert.deepEqual(out, { state: "completed", key: "K", lastSeq: 4, result: { total: 2 } });
-  assert.deepEqual(seen, ["status connecting", "ready K", "status ready", "status started", "tick 1@2", "tick 2@3", "status completed", "completed 2"]);
+  assert.deepEqual(seen, ["status connecting", "ready K", "status ready", "status connected", "status started", "tick 1@2", "tick 2@3", "status completed", "completed 2"]);
   assert.equal(calls[0].method, "POST");
   assert.equal(calls[0].headers.Accept, "text/event-stream");
   assert.equal(calls[0].body, '{"to":2}');

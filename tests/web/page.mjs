@@ -1,74 +1,124 @@
-// Drives the dev-playground page in headless Chromium: start a count, watch progress,
-// reload mid-run (the page must re-attach with Last-Event-ID and lose or repeat no tick),
-// then stop / resume / cancel another count. Usage: node page.mjs <base-url> <screenshot>.
-// Prints one line per check; exits non-zero on the first failure.
+// Drives the dev-playground page (which uses clients/js, served as /appkit-client.js) in
+// headless Chromium against the real binary:
+//   1. start a count, see progress, screenshot mid-run, reload mid-run: the page re-attaches
+//      with Last-Event-ID and every tick is shown exactly once;
+//   2. the server is SIGKILLed and restarted mid-run while the page stays open: the client
+//      reconnects by itself and the task completes with every tick exactly once;
+//   3. stop suspends (the stream stays open), resume continues on it, cancel ends the task;
+//   4. a failed task shows its message.
+// Usage: node page.mjs <base-url> <screenshot>. Prints one `ok - …` line per check and exits
+// non-zero on the first failure. For step 2 it prints `@kill-server` and waits for a
+// `restarted` line on stdin (tests/web_page.rs kills and restarts the server on the same port).
 import { chromium } from "playwright-core";
+import { createInterface } from "node:readline";
 
 const [base, screenshot] = process.argv.slice(2);
 const deadline = 30_000;
+const stdin = createInterface({ input: process.stdin });
+const stdinLines = stdin[Symbol.asyncIterator]();
 
 function check(ok, what) {
   if (!ok) throw new Error("check failed: " + what);
   console.log("ok - " + what);
 }
 
-const ticksIn = (text) => [...text.matchAll(/^tick (\d+)$/gm)].map((m) => Number(m[1]));
+// Ticks the page logged (its log lines go to the console too, surviving reloads).
+let consoleLines = [];
+const ticks = () => consoleLines.map((l) => /^tick (\d+)$/.exec(l)).filter(Boolean).map((m) => Number(m[1]));
+function exactlyOnce(seen, n) {
+  const want = Array.from({ length: n }, (_, i) => i + 1);
+  return seen.length === n && [...seen].sort((a, b) => a - b).every((t, i) => t === want[i]);
+}
+const status = (page) => page.textContent("#status");
+const waitStatus = (page, s, timeout = deadline) =>
+  page.waitForFunction((want) => document.getElementById("status").textContent === want, s, { timeout });
+const seqAtLeast = (page, n) => page.waitForFunction((n) => Number(document.getElementById("seq").textContent) >= n, n);
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"],
 });
+let page;
 try {
-  const page = await browser.newPage();
+  page = await browser.newPage();
   page.setDefaultTimeout(deadline);
+  page.on("console", (msg) => consoleLines.push(msg.text()));
+  page.on("pageerror", (e) => console.log("page error: " + e.message));
   await page.goto(base + "/");
   check((await page.title()) === "appkit dev-playground", "page served at /");
   const count = await page.evaluate(() => window.__CONFIG__ && window.__CONFIG__.endpoints.demo.count);
   check(count === "/api/demo/count", "window.__CONFIG__ gives the demo's endpoints");
+  check(await page.evaluate(() => [...document.scripts].some((s) => s.type === "module")), "page loads the client module");
 
-  // 1. Start a count and see progress.
+  // 1. POST + progress, screenshot, reload mid-run.
+  consoleLines = [];
   await page.fill("#to", "8");
   await page.fill("#delay", "250");
   await page.click("#start");
-  await page.waitForFunction(() => Number(document.getElementById("seq").textContent) >= 4);
-  const before = ticksIn(await page.textContent("#log"));
-  check(before.length >= 1, `ticks shown before reload: ${before.join(",")}`);
+  await seqAtLeast(page, 4);
+  check(ticks().length >= 1, `progress shown: ticks ${ticks()}`);
   check((await page.$eval("#bar", (b) => b.value)) > 0, "progress bar moved");
-
-  // 2. Reload mid-run: re-attach after the stored seq, continue to completion.
+  if (screenshot) {
+    await page.screenshot({ path: screenshot, fullPage: true });
+    console.log("screenshot (mid-run): " + screenshot);
+  }
   const seqBefore = Number(await page.textContent("#seq"));
   await page.reload();
   await page.waitForFunction(() => document.getElementById("log").textContent.includes("re-attaching after seq"));
-  await page.waitForFunction(() => document.getElementById("status").textContent === "completed");
-  const after = ticksIn(await page.textContent("#log"));
-  const lastBefore = Math.max(...before);
-  check(after.every((t) => t > lastBefore) || after.length === 0, `no tick repeated after reload (before ${before}, after ${after})`);
-  const seen = new Set([...before, ...after]);
-  // Ticks arriving between the last read of the log and the reload are in neither list only
-  // if they were delivered before the stored seq; the stored seq covers them.
+  check(true, "re-attach after reload");
+  await waitStatus(page, "completed");
   check(Number(await page.textContent("#seq")) > seqBefore, "seq advanced after re-attach");
-  check(Math.max(...seen) === 8, `last tick is 8 (saw ${[...seen].sort((a, b) => a - b)})`);
+  check(exactlyOnce(ticks(), 8), `every tick once across the reload, no tick repeated or lost (${ticks()})`);
+  check(Math.max(...ticks()) === 8, "last tick is 8");
   check((await page.$eval("#bar", (b) => b.value)) === 1, "progress bar full at completion");
 
-  // 3. Stop, resume and cancel a long count.
+  // 2. Server SIGKILLed and restarted mid-run; the page stays open.
+  consoleLines = [];
+  await page.fill("#to", "16");
+  await page.fill("#delay", "200");
+  await page.click("#start");
+  await seqAtLeast(page, 5);
+  console.log("@kill-server");
+  const reply = await stdinLines.next();
+  check(!reply.done && reply.value.trim() === "restarted", "server killed and restarted by the test");
+  await waitStatus(page, "completed", 60_000);
+  const log2 = await page.textContent("#log");
+  check(log2.includes("reconnecting in"), "client noticed the lost connection and backed off");
+  check(log2.includes("reconnected"), "client reconnected by itself");
+  check(!log2.includes("re-attaching after seq"), "no page reload involved");
+  check(exactlyOnce(ticks(), 16), `every tick once across the server restart (${ticks()})`);
+
+  // 3. Stop, resume and cancel a long count, all on one open stream.
+  consoleLines = [];
   await page.fill("#to", "200");
   await page.fill("#delay", "100");
   await page.click("#start");
-  await page.waitForFunction(() => Number(document.getElementById("seq").textContent) >= 3);
+  await seqAtLeast(page, 3);
   await page.click("#stop");
-  await page.waitForFunction(() => document.getElementById("status").textContent === "suspended");
+  await waitStatus(page, "suspended");
   check(true, "stop suspends the task");
+  const seqSuspended = Number(await page.textContent("#seq"));
   await page.click("#resume");
-  await page.waitForFunction(() => document.getElementById("log").textContent.includes("resume: 200"));
-  await page.waitForFunction(() => !document.getElementById("cancel").disabled);
-  const seqResumed = Number(await page.textContent("#seq"));
-  await page.waitForFunction((s) => Number(document.getElementById("seq").textContent) > s + 1, seqResumed);
-  check(true, "resume continues the stream");
+  await page.waitForFunction((s) => Number(document.getElementById("seq").textContent) > s + 2, seqSuspended);
+  check(["running", "resumed"].includes(await status(page)), "resume continues the stream");
+  check(!(await page.textContent("#log")).includes("reconnect"), "the stream stayed open while suspended");
   await page.click("#cancel");
-  await page.waitForFunction(() => document.getElementById("status").textContent === "cancelled");
+  await waitStatus(page, "cancelled");
   check(true, "cancel ends the task");
-  if (screenshot) await page.screenshot({ path: screenshot, fullPage: true });
+  const t3 = ticks();
+  check(new Set(t3).size === t3.length, "no tick repeated across stop / resume");
+
+  // 4. A failed task shows its message.
+  await page.fill("#reason", "no budget left");
+  await page.click("#refuse");
+  await waitStatus(page, "failed");
+  const message = await page.textContent("#message");
+  check(message === "request refused: no budget left", `failed task shows its message (${JSON.stringify(message)})`);
+} catch (e) {
+  if (page) console.log("page log at failure:\n" + (await page.textContent("#log").catch(() => "?")));
+  throw e;
 } finally {
+  stdin.close();
   await browser.close();
 }

@@ -3,38 +3,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { executeTask, attachTask, taskRoutes, failureMessage } from "../dist/index.js";
 
-const enc = new TextEncoder();
-const frame = (seq, event, data) => `id: ${seq}\nevent: ${event}\ndata: ${JSON.stringify(data)}\n\n`;
-const ready = (key) => `event: ready\ndata: ${JSON.stringify({ idempotencyKey: key })}\n\n`;
+import { scripted, frame, ready } from "../fixtures/fake-fetch.mjs";
 
-// Each script entry answers one fetch call: {status, key, chunks, fail} or an Error to throw.
-// `fail` ends the body with a network error after the chunks; `hang` leaves it open.
-function scripted(entries) {
-  const calls = [];
-  const fetch = async (url, init) => {
-    calls.push({ url, method: init.method, headers: { ...init.headers }, body: init.body });
-    const e = entries.shift();
-    if (!e) throw new Error("no more scripted responses");
-    if (e instanceof Error) throw e;
-    // Pull-based, like a socket: a network error comes after the chunks were read.
-    const chunks = [...(e.chunks ?? [])];
-    const body = new ReadableStream({
-      start(c) {
-        init.signal?.addEventListener("abort", () => { try { c.error(new DOMException("aborted", "AbortError")); } catch {} });
-      },
-      pull(c) {
-        if (chunks.length) return c.enqueue(enc.encode(chunks.shift()));
-        if (e.fail) c.error(new TypeError("network error"));
-        else if (!e.hang) c.close();
-        else return new Promise(() => {});
-      },
-    });
-    const headers = new Headers({ "content-type": e.type ?? "text/event-stream" });
-    if (e.key) headers.set("X-AppKit-Task-Idempotency-Key", e.key);
-    return new Response(e.status === 204 ? null : body, { status: e.status ?? 200, headers });
-  };
-  return { fetch, calls };
-}
 const fast = { baseMs: 1, capMs: 4, random: () => 0.5 };
 
 test("POST: key from the header, ready once, progress in order, completed with the result", async () => {

@@ -269,8 +269,9 @@ async function run(first, knownKey, h, o) {
         let reason;
         try {
             const headers = { Accept: "text/event-stream", ...o.headers };
-            if (request.method === "POST")
-                headers["Content-Type"] ?? (headers["Content-Type"] = "application/json");
+            if (request.method === "POST" && !Object.keys(headers).some((h) => h.toLowerCase() === "content-type")) {
+                headers["Content-Type"] = "application/json";
+            }
             if (lastEventId !== null)
                 headers["Last-Event-ID"] = lastEventId;
             if (attempt === 0 && !readyCalled)

@@ -392,7 +392,9 @@ async function run(first: Request, knownKey: string | null, h: TaskHandlers, o: 
     let reason: string;
     try {
       const headers: Record<string, string> = { Accept: "text/event-stream", ...o.headers };
-      if (request.method === "POST") headers["Content-Type"] ??= "application/json";
+      if (request.method === "POST" && !Object.keys(headers).some((h) => h.toLowerCase() === "content-type")) {
+        headers["Content-Type"] = "application/json";
+      }
       if (lastEventId !== null) headers["Last-Event-ID"] = lastEventId;
       if (attempt === 0 && !readyCalled) await h.onStatus?.("connecting", null);
       const response = await doFetch(request.url, { method: request.method, headers, body: request.body, signal, cache: "no-store" });

@@ -225,7 +225,43 @@ export function resumeStoredTask(tasksUrl, handlers = {}, options) {
         meta: options.meta ?? stored.meta,
     });
 }
-async function run(first, knownKey, h, o) {
+async function run(first, knownKey, handlers, o) {
+    try {
+        return await loop(first, knownKey, guard(handlers), o);
+    }
+    catch (e) {
+        throw e instanceof HandlerError ? e.cause : e; // a handler's own error, as it threw it
+    }
+}
+// Marks errors thrown by the app's handlers, so they are never taken for network errors
+// (which would reconnect) and reach the caller unchanged.
+function guard(h) {
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+    const wrap = (f) => f &&
+        (async (...a) => {
+            try {
+                await f(...a);
+            }
+            catch (e) {
+                throw new HandlerError(e);
+            }
+        });
+    const onEvent = {};
+    for (const [name, f] of Object.entries(h.onEvent ?? {}))
+        onEvent[name] = wrap(f.bind(h.onEvent));
+    return {
+        onReady: wrap(h.onReady?.bind(h)),
+        onCompleted: wrap(h.onCompleted?.bind(h)),
+        onFailed: wrap(h.onFailed?.bind(h)),
+        onCancelled: wrap(h.onCancelled?.bind(h)),
+        onSuspended: wrap(h.onSuspended?.bind(h)),
+        onStatus: wrap(h.onStatus?.bind(h)),
+        onOtherEvent: wrap(h.onOtherEvent?.bind(h)),
+        onSeq: wrap(h.onSeq?.bind(h)),
+        onEvent,
+    };
+}
+async function loop(first, knownKey, h, o) {
     const doFetch = o.fetch ?? globalThis.fetch.bind(globalThis);
     const signal = o.signal;
     const base = o.backoff?.baseMs ?? 250;
@@ -285,6 +321,12 @@ async function run(first, knownKey, h, o) {
                 await response.body?.cancel().catch(() => { });
                 throw new Error(`HTTP ${response.status}`);
             }
+            const type = response.headers.get("Content-Type") ?? "";
+            if (!/^text\/event-stream\b/i.test(type)) {
+                // A login page or a wrong route answering 200: reconnecting would not help.
+                await response.body.cancel().catch(() => { });
+                return fail(`expected text/event-stream, got ${type || "no content type"}`, { status: response.status, contentType: type });
+            }
             await learnKey(response.headers.get(KEY_HEADER));
             await h.onStatus?.("connected", { reconnected: request !== first || attempt > 0 });
             const parser = new SseParser({ maxFrameChars: o.maxFrameChars });
@@ -320,7 +362,7 @@ async function run(first, knownKey, h, o) {
             if (e instanceof SseFrameTooLarge)
                 return fail(e.message, { error: { kind: "client", message: e.message } });
             if (e instanceof HandlerError)
-                throw e.cause;
+                throw e;
             reason = e instanceof Error ? e.message : String(e);
         }
         // Reconnect: to the task's events when its key and routes are known, else the same request.
@@ -336,14 +378,6 @@ async function run(first, knownKey, h, o) {
     }
     // Dispatches one frame; returns the outcome when it was terminal.
     async function dispatch(frame) {
-        try {
-            return await dispatchInner(frame);
-        }
-        catch (e) {
-            throw new HandlerError(e);
-        }
-    }
-    async function dispatchInner(frame) {
         const data = parseData(frame.data);
         const seq = frame.id !== null && frame.id !== "" && Number.isFinite(Number(frame.id)) ? Number(frame.id) : null;
         const name = frame.event;

@@ -349,7 +349,43 @@ export function resumeStoredTask(tasksUrl: string, handlers: TaskHandlers = {}, 
   });
 }
 
-async function run(first: Request, knownKey: string | null, h: TaskHandlers, o: TaskStreamOptions): Promise<TaskOutcome> {
+async function run(first: Request, knownKey: string | null, handlers: TaskHandlers, o: TaskStreamOptions): Promise<TaskOutcome> {
+  try {
+    return await loop(first, knownKey, guard(handlers), o);
+  } catch (e) {
+    throw e instanceof HandlerError ? e.cause : e; // a handler's own error, as it threw it
+  }
+}
+
+// Marks errors thrown by the app's handlers, so they are never taken for network errors
+// (which would reconnect) and reach the caller unchanged.
+function guard(h: TaskHandlers): TaskHandlers {
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  const wrap = <A extends any[]>(f: ((...a: A) => Awaitable) | undefined) =>
+    f &&
+    (async (...a: A) => {
+      try {
+        await f(...a);
+      } catch (e) {
+        throw new HandlerError(e);
+      }
+    });
+  const onEvent: TaskHandlers["onEvent"] = {};
+  for (const [name, f] of Object.entries(h.onEvent ?? {})) onEvent[name] = wrap(f.bind(h.onEvent))!;
+  return {
+    onReady: wrap(h.onReady?.bind(h)),
+    onCompleted: wrap(h.onCompleted?.bind(h)),
+    onFailed: wrap(h.onFailed?.bind(h)),
+    onCancelled: wrap(h.onCancelled?.bind(h)),
+    onSuspended: wrap(h.onSuspended?.bind(h)),
+    onStatus: wrap(h.onStatus?.bind(h)),
+    onOtherEvent: wrap(h.onOtherEvent?.bind(h)),
+    onSeq: wrap(h.onSeq?.bind(h)),
+    onEvent,
+  };
+}
+
+async function loop(first: Request, knownKey: string | null, h: TaskHandlers, o: TaskStreamOptions): Promise<TaskOutcome> {
   const doFetch = o.fetch ?? globalThis.fetch.bind(globalThis);
   const signal = o.signal;
   const base = o.backoff?.baseMs ?? 250;
@@ -406,6 +442,12 @@ async function run(first: Request, knownKey: string | null, h: TaskHandlers, o: 
         await response.body?.cancel().catch(() => {});
         throw new Error(`HTTP ${response.status}`);
       }
+      const type = response.headers.get("Content-Type") ?? "";
+      if (!/^text\/event-stream\b/i.test(type)) {
+        // A login page or a wrong route answering 200: reconnecting would not help.
+        await response.body.cancel().catch(() => {});
+        return fail(`expected text/event-stream, got ${type || "no content type"}`, { status: response.status, contentType: type });
+      }
       await learnKey(response.headers.get(KEY_HEADER));
       await h.onStatus?.("connected", { reconnected: request !== first || attempt > 0 });
       const parser = new SseParser({ maxFrameChars: o.maxFrameChars });
@@ -431,7 +473,7 @@ async function run(first: Request, knownKey: string | null, h: TaskHandlers, o: 
     } catch (e) {
       if (signal?.aborted) return aborted();
       if (e instanceof SseFrameTooLarge) return fail(e.message, { error: { kind: "client", message: e.message } });
-      if (e instanceof HandlerError) throw e.cause;
+      if (e instanceof HandlerError) throw e;
       reason = e instanceof Error ? e.message : String(e);
     }
     // Reconnect: to the task's events when its key and routes are known, else the same request.
@@ -446,14 +488,6 @@ async function run(first: Request, knownKey: string | null, h: TaskHandlers, o: 
 
   // Dispatches one frame; returns the outcome when it was terminal.
   async function dispatch(frame: SseFrame): Promise<TaskOutcome | typeof RECONNECT | null> {
-    try {
-      return await dispatchInner(frame);
-    } catch (e) {
-      throw new HandlerError(e);
-    }
-  }
-
-  async function dispatchInner(frame: SseFrame): Promise<TaskOutcome | typeof RECONNECT | null> {
     const data = parseData(frame.data);
     const seq = frame.id !== null && frame.id !== "" && Number.isFinite(Number(frame.id)) ? Number(frame.id) : null;
     const name = frame.event;

@@ -190,3 +190,21 @@ test("task route helpers: URLs, methods, errors", async () => {
   await assert.rejects(r.cancel("k"), (e) => e.status === 404 && e.code === "not_found" && e.message === "task not found");
   assert.deepEqual(calls, [["GET", "/api/demo/tasks/k"], ["POST", "/api/demo/tasks/k/stop"], ["POST", "/api/demo/tasks/k/resume"], ["POST", "/api/demo/tasks/k/cancel"]]);
 });
+
+test("a handler that throws rejects with its own error and never triggers a reconnect", async () => {
+  const boom = new Error("handler bug");
+  for (const handlers of [{ onReady: () => { throw boom; } }, { onEvent: { tick: async () => { throw boom; } } }]) {
+    const { fetch, calls } = scripted([{ key: "K", chunks: [frame(1, "tick", { i: 1 })] }, { key: "K", chunks: [] }]);
+    await assert.rejects(executeTask("/x", {}, handlers, { fetch, backoff: fast }), (e) => e === boom);
+    assert.equal(calls.length, 1);
+  }
+});
+
+test("a 200 that is not an event stream fails at once (a login page, a wrong route)", async () => {
+  const { fetch, calls } = scripted([{ type: "text/html", chunks: ["<html></html>"] }]);
+  let failed = null;
+  const out = await attachTask("/e", { onFailed: (m) => { failed = m; } }, { fetch, backoff: fast });
+  assert.equal(out.state, "failed");
+  assert.match(failed, /expected text\/event-stream, got text\/html/);
+  assert.equal(calls.length, 1);
+});

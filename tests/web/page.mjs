@@ -22,9 +22,8 @@ function check(ok, what) {
   console.log("ok - " + what);
 }
 
-// Ticks the page logged (its log lines go to the console too, surviving reloads).
-let consoleLines = [];
-const ticks = () => consoleLines.map((l) => /^tick (\d+)$/.exec(l)).filter(Boolean).map((m) => Number(m[1]));
+// Ticks in the page's log (which it keeps across reloads in sessionStorage).
+const ticksIn = (text) => [...text.matchAll(/^tick (\d+)$/gm)].map((m) => Number(m[1]));
 function exactlyOnce(seen, n) {
   const want = Array.from({ length: n }, (_, i) => i + 1);
   return seen.length === n && [...seen].sort((a, b) => a - b).every((t, i) => t === want[i]);
@@ -40,10 +39,10 @@ const browser = await chromium.launch({
          "--disable-background-networking", "--disable-component-update", "--disable-sync"],
 });
 let page;
+const ticks = async () => ticksIn(await page.textContent("#log"));
 try {
   page = await browser.newPage();
   page.setDefaultTimeout(deadline);
-  page.on("console", (msg) => consoleLines.push(msg.text()));
   page.on("pageerror", (e) => console.log("page error: " + e.message));
   await page.goto(base + "/");
   check((await page.title()) === "appkit dev-playground", "page served at /");
@@ -52,12 +51,11 @@ try {
   check(await page.evaluate(() => [...document.scripts].some((s) => s.type === "module")), "page loads the client module");
 
   // 1. POST + progress, screenshot, reload mid-run.
-  consoleLines = [];
   await page.fill("#to", "8");
   await page.fill("#delay", "250");
   await page.click("#start");
   await seqAtLeast(page, 4);
-  check(ticks().length >= 1, `progress shown: ticks ${ticks()}`);
+  check((await ticks()).length >= 1, `progress shown: ticks ${await ticks()}`);
   check((await page.$eval("#bar", (b) => b.value)) > 0, "progress bar moved");
   if (screenshot) {
     await page.screenshot({ path: screenshot, fullPage: true });
@@ -69,12 +67,12 @@ try {
   check(true, "re-attach after reload");
   await waitStatus(page, "completed");
   check(Number(await page.textContent("#seq")) > seqBefore, "seq advanced after re-attach");
-  check(exactlyOnce(ticks(), 8), `every tick once across the reload, no tick repeated or lost (${ticks()})`);
-  check(Math.max(...ticks()) === 8, "last tick is 8");
+  const t1 = await ticks();
+  check(exactlyOnce(t1, 8), `every tick once across the reload, no tick repeated or lost (${t1})`);
+  check(Math.max(...t1) === 8, "last tick is 8");
   check((await page.$eval("#bar", (b) => b.value)) === 1, "progress bar full at completion");
 
   // 2. Server SIGKILLed and restarted mid-run; the page stays open.
-  consoleLines = [];
   await page.fill("#to", "16");
   await page.fill("#delay", "200");
   await page.click("#start");
@@ -87,10 +85,10 @@ try {
   check(log2.includes("reconnecting in"), "client noticed the lost connection and backed off");
   check(log2.includes("reconnected"), "client reconnected by itself");
   check(!log2.includes("re-attaching after seq"), "no page reload involved");
-  check(exactlyOnce(ticks(), 16), `every tick once across the server restart (${ticks()})`);
+  const t2 = await ticks();
+  check(exactlyOnce(t2, 16), `every tick once across the server restart (${t2})`);
 
   // 3. Stop, resume and cancel a long count, all on one open stream.
-  consoleLines = [];
   await page.fill("#to", "200");
   await page.fill("#delay", "100");
   await page.click("#start");
@@ -106,7 +104,7 @@ try {
   await page.click("#cancel");
   await waitStatus(page, "cancelled");
   check(true, "cancel ends the task");
-  const t3 = ticks();
+  const t3 = await ticks();
   check(new Set(t3).size === t3.length, "no tick repeated across stop / resume");
 
   // 4. A failed task shows its message.

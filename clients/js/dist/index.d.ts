@@ -116,7 +116,7 @@ export declare function storageTaskStore(name: string, storage?: Storage): TaskS
 export interface BackoffOptions {
     /** First delay. Default 250 ms. */
     baseMs?: number;
-    /** Largest delay. Default 5000 ms (below the server's 5 s disconnect grace once it is back). */
+    /** Largest delay. Default 4000 ms: below the server's default 5 s disconnect grace. */
     capMs?: number;
     /** Reconnect attempts in a row without a frame before giving up. Default 30. */
     maxAttempts?: number;

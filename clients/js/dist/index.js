@@ -265,7 +265,7 @@ async function loop(first, knownKey, h, o) {
     const doFetch = o.fetch ?? globalThis.fetch.bind(globalThis);
     const signal = o.signal;
     const base = o.backoff?.baseMs ?? 250;
-    const cap = o.backoff?.capMs ?? 5000;
+    const cap = o.backoff?.capMs ?? 4000;
     const maxAttempts = o.backoff?.maxAttempts ?? 30;
     const random = o.backoff?.random ?? Math.random;
     let key = knownKey;

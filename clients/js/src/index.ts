@@ -224,7 +224,7 @@ export function storageTaskStore(name: string, storage?: Storage): TaskStore {
 export interface BackoffOptions {
   /** First delay. Default 250 ms. */
   baseMs?: number;
-  /** Largest delay. Default 5000 ms (below the server's 5 s disconnect grace once it is back). */
+  /** Largest delay. Default 4000 ms: below the server's default 5 s disconnect grace. */
   capMs?: number;
   /** Reconnect attempts in a row without a frame before giving up. Default 30. */
   maxAttempts?: number;
@@ -389,7 +389,7 @@ async function loop(first: Request, knownKey: string | null, h: TaskHandlers, o:
   const doFetch = o.fetch ?? globalThis.fetch.bind(globalThis);
   const signal = o.signal;
   const base = o.backoff?.baseMs ?? 250;
-  const cap = o.backoff?.capMs ?? 5000;
+  const cap = o.backoff?.capMs ?? 4000;
   const maxAttempts = o.backoff?.maxAttempts ?? 30;
   const random = o.backoff?.random ?? Math.random;
   let key = knownKey;

@@ -68,6 +68,17 @@ struct LocalTask {
     since: Instant,
 }
 
+impl LocalTask {
+    fn empty() -> Self {
+        Self {
+            user: None,
+            trace: None,
+            run: None,
+            since: Instant::now(),
+        }
+    }
+}
+
 /// What a new run starts with.
 pub(crate) struct RunStart {
     pub(crate) control: RunControl,
@@ -119,12 +130,7 @@ impl LocalTasks {
         let mut tasks = lock(&self.tasks);
         let entry = tasks
             .entry(task_id.to_owned())
-            .or_insert_with(|| LocalTask {
-                user: None,
-                trace: None,
-                run: None,
-                since: Instant::now(),
-            });
+            .or_insert_with(LocalTask::empty);
         entry.user = Some(user);
         entry.since = Instant::now();
     }
@@ -137,12 +143,7 @@ impl LocalTasks {
         let mut tasks = lock(&self.tasks);
         let entry = tasks
             .entry(task_id.to_owned())
-            .or_insert_with(|| LocalTask {
-                user: None,
-                trace: None,
-                run: None,
-                since: Instant::now(),
-            });
+            .or_insert_with(LocalTask::empty);
         if let Some(stale) = entry.run.replace(control.clone()) {
             stale.request(StopReason::LeaseLost);
         }

@@ -491,13 +491,13 @@ impl<'c, C: SqlConn> Batch<'c, C> {
     /// became claimable. Only backends shared between processes have statements for it.
     async fn notify(&mut self, instance: &str, ops: &[WriteOp], out: &[OpOutcome]) -> Result<()> {
         if let Some(sql) = self.sql.notify_events {
-            let tasks: BTreeSet<String> = out
+            let tasks: BTreeSet<&str> = out
                 .iter()
-                .flat_map(|o| o.events.iter().map(|e| format!("{instance}:{}", e.task_id)))
+                .flat_map(|o| o.events.iter().map(|e| e.task_id.as_str()))
                 .collect();
             if !tasks.is_empty() {
-                let tasks = json_text(&tasks)?;
-                self.conn.execute(sql, args![tasks]).await?;
+                let payloads = json_text(&notice_payloads(instance, tasks))?;
+                self.conn.execute(sql, args![payloads]).await?;
             }
         }
         if let Some(sql) = self.sql.notify_work
@@ -515,6 +515,32 @@ impl<'c, C: SqlConn> Batch<'c, C> {
 /// once in SQL; building a `serde_json::Value` first would only add allocations).
 pub(crate) fn json_text(value: &impl Serialize) -> Result<String> {
     Ok(serde_json::to_string(value)?)
+}
+
+/// Bytes of task ids one notification carries, well under Postgres' 8000-byte payload limit.
+const NOTICE_BYTES: usize = 7_000;
+
+/// The event notifications of a batch: `instance:id,id,…`, as few as fit, so a batch of
+/// hundreds of tasks costs a handful of `pg_notify` calls instead of one per task.
+fn notice_payloads<'a>(instance: &str, tasks: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut payloads = Vec::new();
+    let mut current = String::new();
+    for id in tasks {
+        if !current.is_empty() && current.len() + id.len() + 1 > NOTICE_BYTES {
+            payloads.push(std::mem::take(&mut current));
+        }
+        if current.is_empty() {
+            current.push_str(instance);
+            current.push(':');
+        } else {
+            current.push(',');
+        }
+        current.push_str(id);
+    }
+    if !current.is_empty() {
+        payloads.push(current);
+    }
+    payloads
 }
 
 fn result(result: OpResult) -> OpOutcome {
@@ -632,5 +658,30 @@ impl<'a> From<&'a TaskEvent> for EventDoc<'a> {
             payload: &e.payload,
             created_at: e.created_at,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_notices_pack_many_tasks_under_the_payload_limit() {
+        let ids: Vec<String> = (0..1000).map(|i| format!("{i:036}")).collect();
+        let payloads = notice_payloads("node", ids.iter().map(String::as_str));
+        assert!(
+            payloads.len() > 1 && payloads.len() < 10,
+            "{}",
+            payloads.len()
+        );
+        let mut seen = Vec::new();
+        for p in &payloads {
+            assert!(p.len() <= NOTICE_BYTES + 64, "{}", p.len());
+            let (from, list) = p.split_once(':').unwrap();
+            assert_eq!(from, "node");
+            seen.extend(list.split(',').map(str::to_owned));
+        }
+        assert_eq!(seen, ids);
+        assert!(notice_payloads("node", []).is_empty());
     }
 }

@@ -120,16 +120,18 @@ async fn listen(
             };
             match received {
                 Ok(Some(n)) => {
-                    let (from, task) = n.payload().split_once(':').unwrap_or((n.payload(), ""));
+                    // `instance:id,id,…` (events) or `instance:` (work).
+                    let (from, tasks) = n.payload().split_once(':').unwrap_or((n.payload(), ""));
                     if from == instance {
                         continue;
                     }
-                    let notice = if n.channel() == EVENTS_CHANNEL {
-                        Notice::Events(task.to_owned())
+                    if n.channel() == EVENTS_CHANNEL {
+                        for task in tasks.split(',').filter(|t| !t.is_empty()) {
+                            let _ = notices.send(Notice::Events(task.to_owned()));
+                        }
                     } else {
-                        Notice::Work
-                    };
-                    let _ = notices.send(notice);
+                        let _ = notices.send(Notice::Work);
+                    }
                 }
                 Ok(None) => {
                     let _ = notices.send(Notice::Resync);

@@ -11,6 +11,10 @@ use sha2::{Digest, Sha256};
 /// Two submissions with the same name, the same input (whatever its key order or number
 /// spelling) and the same user get the same key.
 ///
+/// Numbers are compared as JCS compares them, as IEEE 754 doubles: integers beyond 2^53
+/// that round to the same double (9007199254740993 and 9007199254740992, say) give the
+/// same key. Pass such values as strings when they must stay distinct, or supply a key.
+///
 /// # Examples
 ///
 /// ```
@@ -157,5 +161,92 @@ mod tests {
             d.iter().map(|b| format!("{b:02x}")).collect::<String>()
         };
         assert_eq!(idempotency_key("a", &Value::Null, None), expected);
+    }
+
+    mod generated {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Arbitrary JSON up to a few levels deep, with object keys from a small alphabet
+        /// (so maps overlap and reorder) and numbers both integral and fractional.
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(|n| json!(n)),
+                (-1e12f64..1e12).prop_map(|f| json!(f)),
+                "[a-zé\\\"\n\u{1}-\u{7f}]{0,8}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    prop::collection::btree_map("[a-d]{1,2}", inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// The same value written with its object members in reverse order.
+        fn reversed_text(v: &Value) -> String {
+            match v {
+                Value::Object(map) => {
+                    let members: Vec<String> = map
+                        .iter()
+                        .rev()
+                        .map(|(k, v)| format!("{}:{}", Value::String(k.clone()), reversed_text(v)))
+                        .collect();
+                    format!("{{{}}}", members.join(","))
+                }
+                Value::Array(items) => {
+                    let items: Vec<String> = items.iter().map(reversed_text).collect();
+                    format!("[{}]", items.join(","))
+                }
+                other => other.to_string(),
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn member_order_never_changes_the_key(v in json(), user in proptest::option::of("[a-z]{1,6}")) {
+                let reordered: Value = serde_json::from_str(&reversed_text(&v)).unwrap();
+                prop_assert_eq!(
+                    idempotency_key("t", &v, user.as_deref()),
+                    idempotency_key("t", &reordered, user.as_deref())
+                );
+            }
+
+            #[test]
+            fn canonical_form_is_json_that_means_the_same(v in json()) {
+                let text = canon(&v);
+                let back: Value = serde_json::from_str(&text).unwrap();
+                // Canonical again is a fixed point, and numbers keep their double value.
+                prop_assert_eq!(canon(&back), text);
+            }
+
+            #[test]
+            fn name_input_and_user_each_change_the_key(v in json(), name in "[a-z]{1,8}") {
+                let k = idempotency_key(&name, &v, Some("u"));
+                prop_assert_ne!(&k, &idempotency_key(&format!("{name}x"), &v, Some("u")));
+                prop_assert_ne!(&k, &idempotency_key(&name, &v, Some("v")));
+                prop_assert_ne!(&k, &idempotency_key(&name, &v, None));
+                prop_assert_ne!(&k, &idempotency_key(&name, &json!([v.clone()]), Some("u")));
+            }
+        }
+
+        #[test]
+        fn integers_beyond_2_pow_53_compare_as_doubles() {
+            let big: Value = serde_json::from_str("9007199254740993").unwrap();
+            let rounded: Value = serde_json::from_str("9007199254740992").unwrap();
+            assert_eq!(
+                idempotency_key("t", &big, None),
+                idempotency_key("t", &rounded, None),
+                "documented: JCS numbers are doubles"
+            );
+            let as_text = json!("9007199254740993");
+            assert_ne!(
+                idempotency_key("t", &as_text, None),
+                idempotency_key("t", &big, None)
+            );
+        }
     }
 }

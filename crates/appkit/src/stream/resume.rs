@@ -74,4 +74,36 @@ mod tests {
             assert_eq!(LastEventId::parse(raw).0, want, "{raw:?}");
         }
     }
+
+    mod generated {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn every_u64_with_any_surrounding_whitespace_is_a_cursor(n in any::<u64>(), pad in "[ \t]{0,3}") {
+                prop_assert_eq!(LastEventId::parse(&format!("{pad}{n}{pad}")).0, Some(n));
+            }
+
+            #[test]
+            fn anything_else_is_no_cursor_and_never_panics(s in "\\PC{0,24}") {
+                let parsed = LastEventId::parse(&s).0;
+                let trimmed = s.trim();
+                let digits = !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit());
+                if !digits {
+                    prop_assert_eq!(parsed, None);
+                }
+                prop_assert_eq!(parsed.map(|n| n.to_string().parse::<u64>().unwrap()), parsed);
+            }
+
+            #[test]
+            fn numbers_past_u64_and_signed_or_fractional_ones_are_refused(n in any::<u64>()) {
+                prop_assert_eq!(LastEventId::parse(&format!("{n}0000000000000000000000")).0, None);
+                prop_assert_eq!(LastEventId::parse(&format!("-{n}")).0, None);
+                prop_assert_eq!(LastEventId::parse(&format!("+{n}")).0, None);
+                prop_assert_eq!(LastEventId::parse(&format!("{n}.0")).0, None);
+                prop_assert_eq!(LastEventId::parse(&format!("{n:x}h")).0, None);
+            }
+        }
+    }
 }

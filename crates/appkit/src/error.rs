@@ -2,18 +2,16 @@
 //!
 //! Every handler error becomes JSON `{"error": message, "code": CODE}` with the matching
 //! status. The error also travels in the response extensions as an [`ErrorReport`], so one
-//! middleware logs it once and, in production, redacts 5xx messages to "Server error".
+//! layer (`layers.rs`) logs it once and, in production, redacts 5xx messages to "Server
+//! error". Start-up and shutdown failures are [`RunError`](crate::RunError), never an HTTP
+//! answer.
 
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::config::ConfigError;
-use crate::extract::RequestPolicy;
 
 /// Result alias with [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -24,7 +22,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// The message 5xx errors show in production.
 pub const REDACTED_MESSAGE: &str = "Server error";
 
-/// Everything the host reports, at start-up or while serving.
+/// What a request handler answers with when it fails.
 ///
 /// Variants are named by cause. [`status_code`](Self::status_code) gives each one's HTTP
 /// status and [`code`](Self::code) its stable machine-readable code.
@@ -61,8 +59,8 @@ pub enum Error {
     /// The server is shutting down and takes no new work (503).
     #[error("server is shutting down")]
     ShuttingDown,
-    /// The task store cannot be reached (503); the server keeps running and recovers when
-    /// it answers again. Holds the engine's [`taskflow::Error::StoreUnavailable`] or
+    /// The task store cannot be reached (503 with `Retry-After: 2`); the server keeps
+    /// running and recovers when it answers again. Holds the engine's [`taskflow::Error::StoreUnavailable`] or
     /// [`taskflow::Error::OutcomeUnknown`]. A store that answers with a failure (a bug,
     /// corrupt data) is [`Error::Task`] instead: 500, since retrying will not help.
     #[error(transparent)]
@@ -77,52 +75,6 @@ pub enum Error {
     /// The task engine failed (500).
     #[error("task engine error")]
     Task(#[source] taskflow::Error),
-    /// The configuration is invalid (start-up).
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// Production outside Databricks Apps with no decision on trusting the forwarded
-    /// identity headers (start-up); the message says what to set.
-    #[error(transparent)]
-    UntrustedIdentity(#[from] crate::config::UntrustedIdentity),
-    /// A plugin name is not a valid path segment (start-up).
-    #[error("invalid plugin name `{0}`: use 1 to 64 of a-z, 0-9, `-` and `_`")]
-    InvalidPluginName(String),
-    /// Two plugins share a name (start-up).
-    #[error("duplicate plugin name `{0}`")]
-    DuplicatePlugin(String),
-    /// A plugin's setup failed (start-up).
-    #[error("setup of plugin `{plugin}` failed")]
-    Setup {
-        /// The plugin.
-        plugin: String,
-        /// What went wrong.
-        #[source]
-        source: BoxError,
-    },
-    /// A core service could not start (start-up).
-    #[error("starting {service} failed")]
-    Start {
-        /// The service (`task store`, `task engine`).
-        service: &'static str,
-        /// What went wrong.
-        #[source]
-        source: BoxError,
-    },
-    /// The listener could not be bound (start-up).
-    #[error("cannot listen on {addr}")]
-    Bind {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// What went wrong.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The shutdown deadline passed while a step was still running.
-    #[error("shutdown deadline passed during step `{step}`")]
-    ShutdownTimedOut {
-        /// The step that hung.
-        step: &'static str,
-    },
 }
 
 impl Error {
@@ -165,6 +117,10 @@ impl Error {
         Self::Internal(e.to_string())
     }
 }
+
+/// The `Retry-After` a 503 for an unreachable task store carries: a client (or a proxy)
+/// tries again after this instead of at once, and the server probes the store meanwhile.
+const STORE_RETRY_AFTER: Duration = Duration::from_secs(2);
 
 /// Whole seconds for `Retry-After`: rounded up, at least 1.
 fn retry_after_secs(d: Duration) -> u64 {
@@ -233,7 +189,12 @@ impl IntoResponse for Error {
         let code = self.code();
         let message = error_chain(&self);
         let mut response = (status, error_body(&message, code)).into_response();
-        if let Self::RateLimited { retry_after } = self {
+        let retry_after = match self {
+            Self::RateLimited { retry_after } => Some(retry_after),
+            Self::StoreUnavailable(_) => Some(STORE_RETRY_AFTER),
+            _ => None,
+        };
+        if let Some(retry_after) = retry_after {
             response.headers_mut().insert(
                 header::RETRY_AFTER,
                 HeaderValue::from(retry_after_secs(retry_after)),
@@ -256,63 +217,6 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     message
-}
-
-/// The host middleware: gives extractors the request policy, then logs each error
-/// response once (503 at warn, other 5xx at error, 4xx at debug) and, in production,
-/// redacts 5xx messages to "Server error".
-pub(crate) async fn host_middleware(
-    State(policy): State<RequestPolicy>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    let production = policy.production;
-    req.extensions_mut().insert(policy);
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let mut response = next.run(req).await;
-    let Some(report) = response.extensions_mut().remove::<ErrorReport>() else {
-        return response;
-    };
-    let status = response.status();
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        // Degraded but handled (shutting down, the database out of reach): not a bug.
-        tracing::warn!(
-            http.request.method = %method,
-            url.path = %path,
-            http.response.status_code = status.as_u16(),
-            code = report.code,
-            error = %report.message,
-            "request refused: service unavailable"
-        );
-    } else if status.is_server_error() {
-        tracing::error!(
-            http.request.method = %method,
-            url.path = %path,
-            http.response.status_code = status.as_u16(),
-            code = report.code,
-            error = %report.message,
-            "request failed"
-        );
-    } else {
-        tracing::debug!(
-            http.request.method = %method,
-            url.path = %path,
-            http.response.status_code = status.as_u16(),
-            code = report.code,
-            error = %report.message,
-            "request refused"
-        );
-    }
-    if production && status.is_server_error() {
-        let (mut parts, _) = response.into_parts();
-        parts.headers.remove(header::CONTENT_LENGTH);
-        let body = error_body(REDACTED_MESSAGE, report.code)
-            .into_response()
-            .into_body();
-        return Response::from_parts(parts, body);
-    }
-    response
 }
 
 #[cfg(test)]
@@ -381,7 +285,12 @@ mod tests {
         assert_eq!(e.code(), "STORE_UNAVAILABLE");
         let message = error_chain(&e);
         assert!(message.starts_with("task store unavailable"), "{message}");
-        assert_eq!(e.into_response().status(), StatusCode::SERVICE_UNAVAILABLE);
+        let response = e.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        let unknown = Error::from(taskflow::Error::OutcomeUnknown).into_response();
+        assert_eq!(unknown.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(unknown.headers()[header::RETRY_AFTER], "2");
     }
 
     #[test]

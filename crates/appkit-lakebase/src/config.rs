@@ -174,7 +174,9 @@ impl LakebaseConfig {
     }
 
     /// Parses a `postgres://user:password@host:port/database?sslmode=…&application_name=…`
-    /// URL; the password, if any, becomes a static credential.
+    /// URL (also `connect_timeout=SECONDS`, libpq's name: the
+    /// [connect timeout](Self::connect_timeout)); the password, if any, becomes a static
+    /// credential.
     ///
     /// # Errors
     ///

@@ -44,10 +44,22 @@ pub(super) fn parse(raw: &str) -> Result<LakebaseConfig> {
             },
             "application_name" => builder = builder.application_name(value),
             "host" => host = Some(value.into_owned()),
+            // libpq's name and unit (whole seconds); here it bounds opening a connection
+            // or waiting for a free one, as `LakebaseConfigBuilder::connect_timeout` does.
+            "connect_timeout" => match value.parse::<u64>() {
+                Ok(secs) if secs > 0 => {
+                    builder = builder.connect_timeout(std::time::Duration::from_secs(secs));
+                }
+                _ => problems.push(problem(
+                    "connect_timeout",
+                    Some(value.into_owned()),
+                    "a whole number of seconds, at least 1",
+                )),
+            },
             _ => problems.push(problem(
                 "parameter",
                 Some(key.into_owned()),
-                "one of sslmode, application_name, host",
+                "one of sslmode, application_name, connect_timeout, host",
             )),
         }
     }
@@ -131,6 +143,15 @@ mod tests {
         assert!(matches!(config.ssl_mode(), PgSslMode::VerifyFull));
         assert_eq!(config.application_name(), Some("svc"));
         assert_eq!(config.credentials().kind(), CredentialKind::Password);
+        assert_eq!(config.connect_timeout(), super::super::DEFAULT_CONNECT_TIMEOUT);
+        let config = parse("postgres://u@h/db?connect_timeout=3").unwrap();
+        assert_eq!(config.connect_timeout(), std::time::Duration::from_secs(3));
+        for bad in ["0", "-1", "1.5", "x"] {
+            let err = parse(&format!("postgres://u@h/db?connect_timeout={bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("url connect_timeout"), "{err}");
+        }
     }
 
     #[test]

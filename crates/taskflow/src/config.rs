@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::guard::RateLimit;
+use crate::limits::RateLimit;
 
 /// Default global concurrency slots per node.
 pub const DEFAULT_GLOBAL_SLOTS: usize = 64;

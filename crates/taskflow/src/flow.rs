@@ -13,7 +13,7 @@ use crate::delivery::{EventStream, open_stream};
 use crate::error::{Error, Result};
 use crate::execution::executor::{self, duration_ms, unexpected};
 use crate::execution::runner;
-use crate::guard::{check_key, check_payload, check_task_name, check_user};
+use crate::limits::{check_key, check_payload, check_task_name, check_user};
 use crate::handler::{TaskContext, TaskError, erase};
 use crate::key::idempotency_key;
 use crate::node::{Node, Registered, StopReason};
@@ -22,6 +22,7 @@ use crate::store::{
     ClaimNow, ClaimedTask, Control, OpResult, Storage, Store, SubmitParams, WriteOp, now_ms,
 };
 use crate::task::{SubmitOptions, Submitted, TaskHandle, TaskInfo, TaskOptions, TaskStatus};
+use crate::typed::{TaskDef, TaskName};
 
 /// The durable task engine. Cheap to clone; clones share one engine.
 ///
@@ -126,12 +127,15 @@ impl TaskFlow {
         &self.node.id
     }
 
-    /// Registers a typed handler under `name` with default [`TaskOptions`].
+    /// Registers `handler` under `name` with default [`TaskOptions`].
+    ///
+    /// `name` is a [`TaskDef`] (the compiler then checks that the handler takes its input
+    /// type and returns its output type) or a `&str` (types taken from the handler).
     ///
     /// # Errors
     ///
     /// [`Error::Invalid`] for a bad name, [`Error::DuplicateTask`] if already registered.
-    pub fn register<In, Out, F, Fut>(&self, name: &str, handler: F) -> Result<()>
+    pub fn register<In, Out, F, Fut>(&self, name: impl TaskName<In, Out>, handler: F) -> Result<()>
     where
         In: DeserializeOwned + Send + 'static,
         Out: Serialize + Send + 'static,
@@ -141,14 +145,14 @@ impl TaskFlow {
         self.register_with(name, TaskOptions::default(), handler)
     }
 
-    /// Registers a typed handler under `name` with `options`.
+    /// Registers `handler` under `name` with `options`.
     ///
     /// # Errors
     ///
     /// As for [`register`](Self::register).
     pub fn register_with<In, Out, F, Fut>(
         &self,
-        name: &str,
+        name: impl TaskName<In, Out>,
         options: TaskOptions,
         handler: F,
     ) -> Result<()>
@@ -158,6 +162,7 @@ impl TaskFlow {
         F: Fn(TaskContext, In) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Out, TaskError>> + Send + 'static,
     {
+        let name = name.task_name();
         check_task_name(name)?;
         if options.on_behalf_of && options.auto_recover {
             warn!(
@@ -209,6 +214,25 @@ impl TaskFlow {
             .await
     }
 
+    /// [`submit`](Self::submit) of a task by its [`TaskDef`]: the compiler checks the
+    /// input's type.
+    ///
+    /// # Errors
+    ///
+    /// As for [`submit`](Self::submit).
+    ///
+    /// # Cancellation safety
+    ///
+    /// As for [`submit`](Self::submit).
+    pub async fn submit_task<In: Serialize, Out>(
+        &self,
+        task: TaskDef<In, Out>,
+        input: In,
+        options: SubmitOptions,
+    ) -> Result<Submitted> {
+        self.submit(task.name(), input, options).await
+    }
+
     async fn submit_inner(
         &self,
         name: &str,
@@ -252,7 +276,9 @@ impl TaskFlow {
             key,
             user_id: options.user.clone(),
             input,
-            max_attempts: registered.options.max_attempts,
+            max_attempts: options
+                .max_attempts
+                .unwrap_or(registered.options.max_attempts),
             max_recoveries: registered
                 .options
                 .max_recoveries
@@ -567,7 +593,9 @@ impl TaskFlow {
         self.node.store.tasks_failed(limit).await
     }
 
-    /// Puts a failed task back to `pending` with a fresh set of attempts.
+    /// Puts the failed task with this key back to `pending` with a fresh set of attempts
+    /// (and recoveries). `user` as for [`status`](Self::status): an operator passes
+    /// `None`.
     ///
     /// # Errors
     ///
@@ -576,8 +604,15 @@ impl TaskFlow {
     /// # Cancellation safety
     ///
     /// Not cancellation safe: the redrive may or may not be committed if dropped.
-    pub async fn redrive(&self, task_id: &str) -> Result<TaskStatus> {
-        let (from, to) = self.control(task_id, Control::Redrive).await?;
+    pub async fn redrive(&self, key: &str, user: Option<&str>) -> Result<TaskStatus> {
+        let task = self.status(key, user).await?;
+        if task.status != TaskStatus::Failed {
+            return Err(Error::InvalidTransition {
+                from: task.status,
+                action: "redrive",
+            });
+        }
+        let (from, to) = self.control(&task.id, Control::Redrive).await?;
         if from != TaskStatus::Failed {
             return Err(Error::InvalidTransition {
                 from,
@@ -611,7 +646,7 @@ impl TaskFlow {
     /// or after the stop grace, released to `pending` (attempt not spent, lease released)
     /// so the next process resumes them at once. New submissions fail with
     /// [`Error::ShuttingDown`] from the first moment. The store stays open (subscribers
-    /// and status reads still work) until [`close`](Self::close).
+    /// and status reads still work) until [`shutdown`](Self::shutdown).
     ///
     /// # Cancellation safety
     ///
@@ -622,23 +657,14 @@ impl TaskFlow {
     }
 
     /// Drains (if not done yet), then commits the last writes, ends every subscription
-    /// with [`Error::ShuttingDown`] and closes the store, once.
-    ///
-    /// # Cancellation safety
-    ///
-    /// As for [`drain`](Self::drain).
-    pub async fn close(&self) {
-        self.node.close().await;
-    }
-
-    /// [`drain`](Self::drain) then [`close`](Self::close): the whole engine shutdown of
+    /// with [`Error::ShuttingDown`] and closes the store: the whole engine shutdown of
     /// `docs/taskflow.md`, once. Later and concurrent calls wait for the same shutdown.
     ///
     /// # Cancellation safety
     ///
     /// As for [`drain`](Self::drain).
     pub async fn shutdown(&self) {
-        self.close().await;
+        self.node.close().await;
     }
 
     /// Checks that the store answers (for readiness probes).

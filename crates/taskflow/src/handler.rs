@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::event::{EventKind, NewEvent};
-use crate::guard::{check_event_name, check_payload};
+use crate::limits::{check_event_name, check_payload};
 use crate::store::{Fence, OpResult, WriteOp};
 use crate::writer::Writer;
 

@@ -27,7 +27,7 @@ mod error;
 mod event;
 mod execution;
 mod flow;
-mod guard;
+mod limits;
 mod handler;
 mod key;
 mod metrics;
@@ -36,6 +36,7 @@ mod services;
 #[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 mod store;
 mod task;
+mod typed;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod writer;
@@ -45,7 +46,7 @@ pub use delivery::EventStream;
 pub use error::{Error, Result};
 pub use event::{EventKind, NewEvent, RESERVED_EVENT_NAMES, TaskEvent};
 pub use flow::{NodeStats, TaskFlow};
-pub use guard::{MAX_KEY_LEN, MAX_PAYLOAD_BYTES, RateLimit};
+pub use limits::{MAX_KEY_LEN, MAX_PAYLOAD_BYTES, RateLimit};
 pub use handler::{TaskContext, TaskError, TaskErrorKind};
 pub use key::idempotency_key;
 pub use store::{Backend, PostgresStore, SqliteStore, SqliteSynchronous, Store};
@@ -53,3 +54,9 @@ pub use task::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT, IdempotencyMode, SubmitOptions, Submitted, TaskHandle,
     TaskInfo, TaskOptions, TaskStatus,
 };
+pub use typed::{TaskDef, TaskName};
+
+/// This crate's README, compiled as doc tests so it cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -129,6 +129,7 @@ pub struct SubmitOptions {
     pub(crate) key: Option<String>,
     pub(crate) mode: IdempotencyMode,
     pub(crate) user_context: Option<Arc<dyn Any + Send + Sync>>,
+    pub(crate) max_attempts: Option<u32>,
 }
 
 impl fmt::Debug for SubmitOptions {
@@ -138,6 +139,7 @@ impl fmt::Debug for SubmitOptions {
             .field("key", &self.key)
             .field("mode", &self.mode)
             .field("user_context", &self.user_context.is_some())
+            .field("max_attempts", &self.max_attempts)
             .finish()
     }
 }
@@ -173,6 +175,14 @@ impl SubmitOptions {
     /// It is never persisted: after a crash, or on another node, the handler sees `None`.
     pub fn user_context<T: Any + Send + Sync>(mut self, value: T) -> Self {
         self.user_context = Some(Arc::new(value));
+        self
+    }
+
+    /// Attempts this task gets before it is dead-lettered, counting the first (at least
+    /// 1), in place of its registration's [`TaskOptions::max_attempts`]. Applies only
+    /// when the submit creates the task: a duplicate attaches to the existing task as is.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = Some(n.max(1));
         self
     }
 }

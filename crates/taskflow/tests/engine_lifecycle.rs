@@ -228,11 +228,11 @@ async fn exhausted_and_permanent_failures_dead_letter_and_redrive_runs_again() {
     let always = flow.status(&k1, None).await.unwrap();
     assert_eq!((always.status, always.attempt), (TaskStatus::Failed, 2));
     fail.store(false, Ordering::SeqCst);
-    assert_eq!(flow.redrive(&always.id).await.unwrap(), TaskStatus::Pending);
+    assert_eq!(flow.redrive(&k1, None).await.unwrap(), TaskStatus::Pending);
     let after = all_events(&flow, &k1, None, always.last_seq).await;
     assert_eq!(names(&after), ["resumed", "started", "completed"]);
     assert!(matches!(
-        flow.redrive(&always.id).await,
+        flow.redrive(&k1, None).await,
         Err(Error::InvalidTransition {
             from: TaskStatus::Completed,
             action: "redrive"

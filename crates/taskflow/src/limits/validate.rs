@@ -11,12 +11,7 @@ const MAX_NAME_LEN: usize = 128;
 
 /// Task names: `[A-Za-z0-9._:-]{1,128}`.
 pub(crate) fn check_task_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-    if ok {
+    if valid_task_name(name) {
         Ok(())
     } else {
         Err(Error::invalid(
@@ -24,6 +19,24 @@ pub(crate) fn check_task_name(name: &str) -> Result<()> {
             format!("`{}` must match [A-Za-z0-9._:-]{{1,128}}", truncate(name)),
         ))
     }
+}
+
+/// Whether `name` matches `[A-Za-z0-9._:-]{1,128}`; `const` so a
+/// [`TaskDef`](crate::TaskDef) with a bad name fails to compile.
+pub(crate) const fn valid_task_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_NAME_LEN {
+        return false;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-')) {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// Caller-supplied keys: 1–256 visible ASCII characters (they travel in HTTP headers).

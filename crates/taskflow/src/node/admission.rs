@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::guard::SlidingWindow;
+use crate::limits::SlidingWindow;
 use crate::handler::lock;
 use crate::metrics::Metrics;
 

@@ -19,10 +19,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use taskflow::testing::{
     ClaimBudget, ClaimNow, ClaimParams, ClaimedTask, Control, Fence, Finish, OpOutcome, OpResult,
     Storage, SubmitParams, WriteOp,
@@ -173,46 +173,10 @@ pub async fn fresh_postgres() -> Option<Arc<dyn Storage>> {
     Some(taskflow::testing::storage(store))
 }
 
-/// Connect options for a fresh schema in the database at `TEST_DATABASE_URL`, so cases run
-/// in parallel without seeing each other's rows; `None` (after saying so) when the
-/// variable is unset. Schemas left by runs older than an hour are dropped on the way.
-pub async fn pg_schema() -> Option<PgConnectOptions> {
-    use std::str::FromStr;
-
-    let Ok(url) = std::env::var("TEST_DATABASE_URL") else {
-        eprintln!("skipped: TEST_DATABASE_URL is not set");
-        return None;
-    };
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&url)
-        .await
-        .unwrap();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let old: Vec<String> =
-        sqlx::query_scalar("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'tf\\_%\\_%'")
-            .fetch_all(&admin)
-            .await
-            .unwrap();
-    for schema in old {
-        let stamp = schema.split('_').nth(1).and_then(|s| s.parse::<u64>().ok());
-        if stamp.is_some_and(|t| t + 3600 < now) {
-            let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
-            let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&admin).await;
-        }
-    }
-    let schema = format!("tf_{now}_{}", fastrand::u64(..));
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let opts = PgConnectOptions::from_str(&url).unwrap();
-    Some(opts.options([("search_path", schema.as_str())]))
-}
+/// Connect options for a fresh schema in the database at `TEST_DATABASE_URL` (the shared
+/// test kit's), so cases run in parallel without seeing each other's rows; `None` (after
+/// saying so) when the variable is unset.
+pub use appkit_testkit::pg::fresh_schema as pg_schema;
 
 // ---------------------------------------------------------------------------------------
 // Helpers.

@@ -1,5 +1,5 @@
 //! Helpers shared by the engine tests.
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+#![allow(dead_code, unused_imports, unreachable_pub, clippy::unwrap_used)]
 
 use std::future::Future;
 use std::path::Path;
@@ -37,22 +37,12 @@ pub async fn start(config: Config) -> (TaskFlow, tempfile::TempDir) {
 }
 
 /// Polls `check` until it yields `Some`, failing after [`DEADLINE`].
-pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    appkit_testkit::wait_for(what, DEADLINE, check).await
 }
 
 pub async fn wait_status(
@@ -104,45 +94,7 @@ pub fn assert_gapless(events: &[TaskEvent], from: u64) {
     }
 }
 
-/// Connect options for a fresh schema in the database at `TEST_DATABASE_URL`, so tests
-/// run in parallel without seeing each other's rows; `None` (after saying so) when the
-/// variable is unset. Schemas left by runs older than an hour are dropped on the way.
-pub async fn pg_schema() -> Option<sqlx::postgres::PgConnectOptions> {
-    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-    use std::str::FromStr;
-    use std::time::{SystemTime, UNIX_EPOCH};
-
-    let Ok(url) = std::env::var("TEST_DATABASE_URL") else {
-        eprintln!("skipped: TEST_DATABASE_URL is not set");
-        return None;
-    };
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&url)
-        .await
-        .unwrap();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let old: Vec<String> =
-        sqlx::query_scalar("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'tf\\_%\\_%'")
-            .fetch_all(&admin)
-            .await
-            .unwrap();
-    for schema in old {
-        let stamp = schema.split('_').nth(1).and_then(|s| s.parse::<u64>().ok());
-        if stamp.is_some_and(|t| t + 3600 < now) {
-            let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
-            let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&admin).await;
-        }
-    }
-    let schema = format!("tf_{now}_{}", fastrand::u64(..));
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let opts = PgConnectOptions::from_str(&url).unwrap();
-    Some(opts.options([("search_path", schema.as_str())]))
-}
+/// Connect options for a fresh schema in the database at `TEST_DATABASE_URL` (the shared
+/// test kit's), so tests run in parallel without seeing each other's rows; `None` (after
+/// saying so) when the variable is unset.
+pub use appkit_testkit::pg::fresh_schema as pg_schema;

@@ -1,5 +1,7 @@
 //! Liveness and readiness: `GET /health` and `GET /ready`.
 
+use std::time::Duration;
+
 use appkit_lakebase::LakebasePool;
 use axum::Router;
 use axum::extract::State;
@@ -10,6 +12,11 @@ use serde_json::json;
 use taskflow::TaskFlow;
 
 use crate::shutdown::ShutdownHandle;
+
+/// Bound on the task store's readiness check: a database that accepts connections but
+/// does not answer (paused, partitioned) makes `/ready` answer 503 after this, instead of
+/// holding the probe until the pool's acquire timeout or forever.
+const STORE_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 struct Health {
@@ -51,11 +58,18 @@ async fn ready(State(h): State<Health>) -> Response {
     if h.shutdown.is_started() {
         return unavailable("shutting_down");
     }
-    match h.taskflow.health().await {
-        Ok(()) => {}
-        Err(taskflow::Error::ShuttingDown) => return unavailable("shutting_down"),
-        Err(e) => {
+    match tokio::time::timeout(STORE_HEALTH_TIMEOUT, h.taskflow.health()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(taskflow::Error::ShuttingDown)) => return unavailable("shutting_down"),
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness check: task store does not answer");
+            return unavailable("store_unavailable");
+        }
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = STORE_HEALTH_TIMEOUT.as_millis(),
+                "readiness check: task store does not answer in time"
+            );
             return unavailable("store_unavailable");
         }
     }

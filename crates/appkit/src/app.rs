@@ -281,6 +281,7 @@ impl App {
         let signals = TaskTracker::new();
         listen_for_signals(self.shutdown.clone(), &signals)?;
         let timeout = self.config.shutdown_timeout;
+        let write_timeout = self.config.sse_write_timeout;
         let addr = SocketAddr::new(self.config.host, self.config.port);
         let shutdown = self.shutdown.clone();
         let started = self.start().await?;
@@ -295,16 +296,12 @@ impl App {
         let local = listener.local_addr().unwrap_or(addr);
         info!("listening on http://{local}");
         let http_close = CancellationToken::new();
-        // `with_state(())` once turns every handler into a `Route` now; serving the
-        // router through `into_make_service` then hands each connection a cheap clone.
-        // (Serving a `Router` directly calls `with_state(())` once per connection,
-        // which rebuilds the route table: several KiB kept per open connection.)
-        let make_service = started.router.with_state(()).into_make_service();
-        let server = signals.spawn(
-            axum::serve(listener, make_service)
-                .with_graceful_shutdown(http_close.clone().cancelled_owned())
-                .into_future(),
-        );
+        let server = signals.spawn(crate::server::serve(
+            listener,
+            started.router,
+            crate::server::ServeOptions { write_timeout },
+            http_close.clone(),
+        ));
         shutdown.requested().await;
         Sequence {
             bridges: started.bridges,

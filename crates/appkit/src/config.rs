@@ -22,6 +22,8 @@ pub const DEFAULT_HOST: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 pub const DEFAULT_TASKS_STORE: &str = "sqlite://.appkit/tasks.db";
 /// Default idle time after which an SSE stream gets a `: hb` comment.
 pub const DEFAULT_SSE_KEEPALIVE: Duration = Duration::from_millis(25_000);
+/// Default time a write to a client may make no progress before its connection is closed.
+pub const DEFAULT_SSE_WRITE_TIMEOUT: Duration = Duration::from_millis(60_000);
 /// Default grace between an SSE client's disconnect and stopping its task.
 pub const DEFAULT_SSE_DISCONNECT_GRACE: Duration = Duration::from_millis(5_000);
 /// Default bound on the whole shutdown sequence.
@@ -173,6 +175,9 @@ pub struct Config {
     pub lakebase: Option<LakebaseConfig>,
     /// Idle time before a `: hb` keep-alive comment (`APPKIT_SSE_KEEPALIVE_MS`).
     pub sse_keepalive: Duration,
+    /// Time a write to a client may make no progress (the client stopped reading) before
+    /// the server closes its connection (`APPKIT_SSE_WRITE_TIMEOUT_MS`).
+    pub sse_write_timeout: Duration,
     /// Grace between a client's disconnect and stopping its task
     /// (`APPKIT_SSE_DISCONNECT_GRACE_MS`).
     pub sse_disconnect_grace: Duration,
@@ -205,6 +210,7 @@ impl Default for Config {
             tasks_schema: None,
             lakebase: None,
             sse_keepalive: DEFAULT_SSE_KEEPALIVE,
+            sse_write_timeout: DEFAULT_SSE_WRITE_TIMEOUT,
             sse_disconnect_grace: DEFAULT_SSE_DISCONNECT_GRACE,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             trust_forwarded_user: None,
@@ -335,6 +341,11 @@ impl Config {
             tasks_schema,
             lakebase,
             sse_keepalive: r.value("APPKIT_SSE_KEEPALIVE_MS", positive_ms, d.sse_keepalive),
+            sse_write_timeout: r.value(
+                "APPKIT_SSE_WRITE_TIMEOUT_MS",
+                positive_ms,
+                d.sse_write_timeout,
+            ),
             sse_disconnect_grace: r.value(
                 "APPKIT_SSE_DISCONNECT_GRACE_MS",
                 ms,

@@ -39,6 +39,7 @@ pub mod extract;
 mod health;
 mod plugin;
 mod routes;
+mod server;
 mod services;
 pub mod shutdown;
 mod static_files;

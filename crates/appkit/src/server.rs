@@ -1,0 +1,392 @@
+//! The HTTP/1.1 accept and serve loop, and the write-stall timeout.
+//!
+//! Each accepted connection is served by hyper's HTTP/1 connection directly, not by
+//! `axum::serve`: axum goes through hyper-util's version-detecting builder, which reads the
+//! first bytes of every connection into a side buffer and hands them back to hyper first,
+//! so hyper's read buffer always grows once, from 8 KiB to 16 KiB, and keeps that size for
+//! the life of the connection (most of what an idle SSE bridge cost; see
+//! `docs/benchmarks.md`). The app serves HTTP/1.1 only (axum's `http2` feature is off), so
+//! the detection bought nothing.
+//!
+//! Every connection's socket is wrapped in [`StallGuard`]: a write that makes no progress
+//! for the configured timeout (`APPKIT_SSE_WRITE_TIMEOUT_MS`) fails, so hyper closes the
+//! connection and drops the response body. For an SSE bridge that drops its guard, which
+//! counts as the client leaving (the disconnect grace starts). A client that stops reading
+//! therefore costs at most hyper's bounded write queue plus the kernel's socket buffers,
+//! for at most the timeout.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderValue, Request};
+use futures_util::future::BoxFuture;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+use tracing::{debug, error, warn};
+
+use crate::stream::IDEMPOTENCY_KEY_HEADER;
+
+/// How the connections are served.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ServeOptions {
+    /// A write that makes no progress for this long fails and the connection closes.
+    pub(crate) write_timeout: Duration,
+}
+
+/// Accepts connections on `listener` and serves `router` on each, until `close` is
+/// cancelled; then stops accepting, lets every connection finish its in-flight response
+/// (hyper's graceful shutdown: idle keep-alive connections close at once) and returns when
+/// all are gone.
+///
+/// # Errors
+///
+/// None today (accept errors are logged and retried); the `io::Result` is what the
+/// shutdown sequence awaits.
+///
+/// # Cancellation safety
+///
+/// Not cancellation safe: dropping it drops the listener, and the connections already
+/// accepted keep running on their own tasks.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    router: Router,
+    options: ServeOptions,
+    close: CancellationToken,
+) -> io::Result<()> {
+    // `with_state(())` once turns every handler into a `Route` now, so each connection
+    // (and request) gets a cheap clone instead of rebuilding the route table.
+    let router = router.with_state(());
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = close.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                accept_failed(&e, &close).await;
+                continue;
+            }
+        };
+        connections.spawn(serve_connection(
+            stream,
+            peer,
+            router.clone(),
+            options,
+            close.clone(),
+        ));
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
+/// Serves one connection until it ends, or gracefully closes it once `close` is
+/// cancelled.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    options: ServeOptions,
+    close: CancellationToken,
+) {
+    let label = Arc::new(ConnLabel {
+        peer,
+        task_key: Mutex::new(None),
+    });
+    let io = TokioIo::new(StallGuard::new(
+        stream,
+        options.write_timeout,
+        label.clone(),
+    ));
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let response = router.clone().oneshot(request);
+        let label = label.clone();
+        // Boxed: hyper keeps a slot the size of this future for the whole connection
+        // (its in-flight request), so an unboxed router future would cost every idle
+        // SSE bridge its full size (~650 bytes); boxed, it is freed once the response
+        // head is out.
+        let response: BoxFuture<'static, Result<axum::response::Response, Infallible>> =
+            Box::pin(async move {
+                let response = response.await;
+                if let Ok(response) = &response
+                    && let Some(key) = response.headers().get(IDEMPOTENCY_KEY_HEADER)
+                {
+                    label.set_task_key(key.clone());
+                }
+                response
+            });
+        response
+    });
+    let mut conn = pin!(hyper::server::conn::http1::Builder::new().serve_connection(io, service));
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = close.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// A failed `accept`: per-connection errors are skipped; anything else (for example
+/// EMFILE, out of file descriptors) is logged and retried after a second, or at once when
+/// the server is closing.
+async fn accept_failed(e: &io::Error, close: &CancellationToken) {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    error!(error = %e, "accept failed; retrying in 1 s");
+    tokio::select! {
+        () = close.cancelled() => {}
+        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+    }
+}
+
+/// What a connection's log lines name: the peer, and the task of the last SSE bridge it
+/// served.
+#[derive(Debug)]
+struct ConnLabel {
+    peer: SocketAddr,
+    task_key: Mutex<Option<HeaderValue>>,
+}
+
+impl ConnLabel {
+    fn set_task_key(&self, key: HeaderValue) {
+        *self.task_key.lock().unwrap_or_else(PoisonError::into_inner) = Some(key);
+    }
+
+    fn task_key(&self) -> Option<HeaderValue> {
+        self.task_key
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// A socket whose writes fail with [`io::ErrorKind::TimedOut`] once one has made no
+/// progress for `timeout` (the peer stopped reading and the kernel's send buffer is full).
+///
+/// The timer exists only while a write is pending: an idle connection, or one whose
+/// writes complete, holds none. It is allocated at the first stall and re-armed at each
+/// later one.
+pub(crate) struct StallGuard {
+    stream: TcpStream,
+    timeout: Duration,
+    stall: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+    label: Arc<ConnLabel>,
+}
+
+impl fmt::Debug for StallGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StallGuard")
+            .field("peer", &self.label.peer)
+            .field("timeout", &self.timeout)
+            .field("armed", &self.armed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StallGuard {
+    fn new(stream: TcpStream, timeout: Duration, label: Arc<ConnLabel>) -> Self {
+        Self {
+            stream,
+            timeout,
+            stall: None,
+            armed: false,
+            label,
+        }
+    }
+
+    /// Passes a finished write through (progress: disarm); on `Pending`, arms the stall
+    /// timer if it is not armed and fails the write once it has fired.
+    fn check<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if poll.is_ready() {
+            self.armed = false;
+            return poll;
+        }
+        if !self.armed {
+            let deadline = Instant::now() + self.timeout;
+            match &mut self.stall {
+                Some(stall) => stall.as_mut().reset(deadline),
+                None => self.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.armed = true;
+        }
+        let Some(stall) = self.stall.as_mut() else {
+            return Poll::Pending;
+        };
+        if stall.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.armed = false;
+        let ms = self.timeout.as_millis();
+        match self.label.task_key() {
+            Some(key) => warn!(
+                task.key = %String::from_utf8_lossy(key.as_bytes()),
+                peer = %self.label.peer,
+                "closing connection: the client read nothing for {ms} ms (APPKIT_SSE_WRITE_TIMEOUT_MS)"
+            ),
+            None => warn!(
+                peer = %self.label.peer,
+                "closing connection: the client read nothing for {ms} ms (APPKIT_SSE_WRITE_TIMEOUT_MS)"
+            ),
+        }
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no write progress for {ms} ms"),
+        )))
+    }
+}
+
+impl AsyncRead for StallGuard {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for StallGuard {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.check(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.check(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_flush(cx);
+        this.check(cx, poll)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    async fn pair(timeout: Duration) -> (StallGuard, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (server, peer) = listener.accept().await.unwrap();
+        let label = Arc::new(ConnLabel {
+            peer,
+            task_key: Mutex::new(None),
+        });
+        (StallGuard::new(server, timeout, label), client)
+    }
+
+    /// Writes until a write has been pending for the timeout; returns the bytes written.
+    async fn write_until_error(guard: &mut StallGuard) -> (u64, io::Error) {
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut written = 0u64;
+        loop {
+            match guard.write(&chunk).await {
+                Ok(n) => written += n as u64,
+                Err(e) => return (written, e),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_the_peer_never_reads_fails_after_the_timeout() {
+        let timeout = Duration::from_millis(200);
+        let (mut guard, _client) = pair(timeout).await;
+        let started = std::time::Instant::now();
+        let (written, e) = write_until_error(&mut guard).await;
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(written > 0, "the socket buffers took nothing");
+        assert!(started.elapsed() >= timeout, "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_slow_reader_that_keeps_reading_is_never_cut() {
+        let (mut guard, mut client) = pair(Duration::from_secs(1)).await;
+        let total = 4 * 1024 * 1024usize;
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut read = 0;
+            while read < total {
+                // Slower than the writer, but never idle for the timeout.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let n = client.read(&mut buf).await.unwrap();
+                assert!(n > 0);
+                read += n;
+            }
+            read
+        });
+        let chunk = vec![b'y'; 64 * 1024];
+        let mut sent = 0;
+        while sent < total {
+            let n = (total - sent).min(chunk.len());
+            guard.write_all(&chunk[..n]).await.unwrap();
+            sent += n;
+        }
+        guard.flush().await.unwrap();
+        assert_eq!(reader.await.unwrap(), total);
+        assert!(!guard.armed);
+    }
+
+    #[tokio::test]
+    async fn the_timer_is_only_allocated_at_a_stall() {
+        let (mut guard, mut client) = pair(Duration::from_secs(60)).await;
+        guard.write_all(b"hello").await.unwrap();
+        let mut buf = [0u8; 5];
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hello");
+        assert!(guard.stall.is_none());
+        assert!(guard.stream.is_write_vectored());
+    }
+}

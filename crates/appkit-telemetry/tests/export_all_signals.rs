@@ -1,7 +1,7 @@
 //! With an endpoint: spans (parent/child, HTTP, propagated), a metric and a log record
 //! all reach a real OTLP/HTTP receiver, flushed by `shutdown`.
 
-mod common;
+use appkit_testkit::otlp as common;
 
 use std::time::Duration;
 

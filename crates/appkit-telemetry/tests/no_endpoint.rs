@@ -1,6 +1,6 @@
 //! Without an endpoint nothing is exported, no exporter thread runs, and the helpers are harmless.
 
-mod common;
+use appkit_testkit::otlp as common;
 
 use appkit_telemetry::propagation::inject_context;
 use appkit_telemetry::{Error, TelemetryConfig, http_server_span, record_http_status};

@@ -1,6 +1,6 @@
 //! `shutdown` flushes exactly once: concurrent and later calls share the first outcome.
 
-mod common;
+use appkit_testkit::otlp as common;
 
 use std::collections::HashMap;
 use std::time::Duration;

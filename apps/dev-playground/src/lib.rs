@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use appkit::extract::Json;
-use appkit::taskflow::{TaskContext, TaskError, TaskOptions};
+use appkit::taskflow::{TaskContext, TaskDef, TaskError, TaskOptions};
 use appkit::{
-    AppBuilder, BoxError, Error, ExecuteSettings, LastEventId, Plugin, PluginContext, SetupContext,
-    UserContext,
+    AppBuilder, BoxError, Error, Plugin, PluginContext, SetupContext, TaskRequest, UserContext,
 };
 use axum::Router;
 use axum::extract::Query;
@@ -85,33 +84,48 @@ pub struct SleepInput {
     pub ms: u64,
 }
 
+/// `count`: ticks with checkpointed steps.
+pub const COUNT: TaskDef<CountInput, Value> = TaskDef::new("count");
+/// `flaky`: fails its first attempts, then succeeds.
+pub const FLAKY: TaskDef<FlakyInput, Value> = TaskDef::new("flaky");
+/// `refuse`: fails at once with a public message.
+pub const REFUSE: TaskDef<RefuseInput, Value> = TaskDef::new("refuse");
+/// `obo`: acts on behalf of its user (reads the token).
+pub const OBO: TaskDef<SleepInput, Value> = TaskDef::new("obo");
+/// `sleep`: sleeps without emitting.
+pub const SLEEP: TaskDef<SleepInput, Value> = TaskDef::new("sleep");
+/// `stubborn` (test builds only): ignores every request to stop.
+pub const STUBBORN: TaskDef<SleepInput, Value> = TaskDef::new("stubborn");
+/// `obo-careless` (test builds only): an on-behalf-of task left with `auto_recover` on.
+pub const OBO_CARELESS: TaskDef<SleepInput, Value> = TaskDef::new("obo-careless");
+
 #[appkit::async_trait]
 impl Plugin for Demo {
     fn name(&self) -> &str {
         "demo"
     }
 
-    async fn setup(&mut self, cx: &mut SetupContext) -> Result<(), BoxError> {
+    async fn setup(&mut self, cx: &SetupContext) -> Result<(), BoxError> {
         let flow = cx.taskflow();
-        flow.register("count", count)?;
+        flow.register(COUNT, count)?;
         flow.register_with(
-            "flaky",
+            FLAKY,
             TaskOptions::new().max_attempts(FLAKY_MAX_ATTEMPTS),
             flaky,
         )?;
-        flow.register("refuse", refuse)?;
+        flow.register(REFUSE, refuse)?;
         // Acts with the user's token: suspended rather than recovered without it, and
         // resumed (task route) with the resuming request's fresh token.
         flow.register_with(
-            "obo",
+            OBO,
             TaskOptions::new().on_behalf_of(true).auto_recover(false),
             obo,
         )?;
-        flow.register("sleep", sleep)?;
+        flow.register(SLEEP, sleep)?;
         if self.test_tasks {
-            flow.register("stubborn", stubborn)?;
+            flow.register(STUBBORN, stubborn)?;
             // What not to do: an on-behalf-of task left with auto_recover on (warned about).
-            flow.register_with("obo-careless", TaskOptions::new().on_behalf_of(true), obo)?;
+            flow.register_with(OBO_CARELESS, TaskOptions::new().on_behalf_of(true), obo)?;
         }
         Ok(())
     }
@@ -131,7 +145,7 @@ impl Plugin for Demo {
         .collect()
     }
 
-    fn routes(&self, cx: &PluginContext) -> Router {
+    fn routes(&self) -> Router<PluginContext> {
         let mut router = Router::new()
             .route("/clock", get(clock))
             .route("/count", post(start_count))
@@ -142,9 +156,7 @@ impl Plugin for Demo {
         if self.test_tasks {
             router = router.route("/stubborn", post(start_stubborn));
         }
-        router
-            .nest("/tasks", appkit::task_routes())
-            .with_state(cx.clone())
+        router.nest("/tasks", appkit::task_routes())
     }
 }
 
@@ -255,8 +267,7 @@ fn check(ok: bool, message: &str) -> Result<(), Error> {
 
 async fn start_count(
     State(cx): State<PluginContext>,
-    user: UserContext,
-    last: LastEventId,
+    req: TaskRequest,
     Json(input): Json<CountInput>,
 ) -> appkit::Result<Response> {
     check(
@@ -267,62 +278,52 @@ async fn start_count(
         input.delay_ms <= MAX_DELAY_MS,
         "`delay_ms` must be at most 3600000",
     )?;
-    let settings = ExecuteSettings::new().last_event_id(last);
-    cx.execute_task(&user, "count", input, settings).await
+    cx.execute(&req, COUNT, input).await
 }
 
 async fn start_flaky(
     State(cx): State<PluginContext>,
-    user: UserContext,
-    last: LastEventId,
+    req: TaskRequest,
     Json(input): Json<FlakyInput>,
 ) -> appkit::Result<Response> {
     check(input.fail_times <= 100, "`fail_times` must be at most 100")?;
-    let settings = ExecuteSettings::new().last_event_id(last);
-    cx.execute_task(&user, "flaky", input, settings).await
+    cx.execute(&req, FLAKY, input).await
 }
 
 async fn start_refuse(
     State(cx): State<PluginContext>,
-    user: UserContext,
-    last: LastEventId,
+    req: TaskRequest,
     Json(input): Json<RefuseInput>,
 ) -> appkit::Result<Response> {
     check(
         input.reason.len() <= 200,
         "`reason` must be at most 200 bytes",
     )?;
-    let settings = ExecuteSettings::new().last_event_id(last);
-    cx.execute_task(&user, "refuse", input, settings).await
+    cx.execute(&req, REFUSE, input).await
 }
 
 async fn start_obo(
     State(cx): State<PluginContext>,
-    user: UserContext,
-    last: LastEventId,
+    req: TaskRequest,
     Json(input): Json<SleepInput>,
 ) -> appkit::Result<Response> {
     check(input.ms <= MAX_DELAY_MS, "`ms` must be at most 3600000")?;
-    let settings = ExecuteSettings::new().last_event_id(last);
-    cx.execute_task(&user, "obo", input, settings).await
+    cx.execute(&req, OBO, input).await
 }
 
 async fn start_sleep(
     State(cx): State<PluginContext>,
-    user: UserContext,
-    last: LastEventId,
+    req: TaskRequest,
     Json(input): Json<SleepInput>,
 ) -> appkit::Result<Response> {
     check(input.ms <= MAX_DELAY_MS, "`ms` must be at most 3600000")?;
-    let settings = ExecuteSettings::new().last_event_id(last);
-    cx.execute_task(&user, "sleep", input, settings).await
+    cx.execute(&req, SLEEP, input).await
 }
 
 async fn start_stubborn(
     State(cx): State<PluginContext>,
-    user: UserContext,
+    req: TaskRequest,
     Json(input): Json<SleepInput>,
 ) -> appkit::Result<Response> {
-    cx.execute_task(&user, "stubborn", input, ExecuteSettings::new())
-        .await
+    cx.execute(&req, STUBBORN, input).await
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::Extension;
 use axum::extract::DefaultBodyLimit;
 use taskflow::TaskFlow;
 use tokio_util::sync::CancellationToken;
@@ -13,7 +14,9 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use crate::config::Config;
-use crate::error::{Error, Result, host_middleware};
+use crate::error::{Error, Result};
+use crate::layers::log_and_redact_errors;
+use crate::run_error::RunError;
 use crate::extract::{RequestPolicy, UserContext, UserExtractor};
 use crate::plugin::{Plugin, PluginContext, SetupContext, valid_plugin_name};
 use crate::shutdown::{CloseHooks, Sequence, ShutdownHandle, listen_for_signals};
@@ -128,9 +131,9 @@ impl AppBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] naming every bad variable (host and telemetry alike); the errors
-    /// of [`build`](Self::build).
-    pub fn build_from_env(self) -> Result<App> {
+    /// [`RunError::Config`] naming every bad variable (host and telemetry alike); the
+    /// errors of [`build`](Self::build).
+    pub fn build_from_env(self) -> Result<App, RunError> {
         if self.telemetry.is_some() {
             return self.build(Config::from_env()?);
         }
@@ -148,24 +151,24 @@ impl AppBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidPluginName`], [`Error::DuplicatePlugin`];
-    /// [`Error::UntrustedIdentity`] in production outside Databricks Apps when
+    /// [`RunError::InvalidPluginName`], [`RunError::DuplicatePlugin`];
+    /// [`RunError::UntrustedIdentity`] in production outside Databricks Apps when
     /// `APPKIT_TRUST_FORWARDED_USER` is unset and the app installed no
     /// [`user_extractor`](Self::user_extractor).
-    pub fn build(self, config: Config) -> Result<App> {
+    pub fn build(self, config: Config) -> Result<App, RunError> {
         let trust_forwarded_user = match config.forwarded_user_trust() {
             Ok(trust) => trust,
             Err(_) if self.user_extractor.is_some() => false,
-            Err(e) => return Err(Error::UntrustedIdentity(e)),
+            Err(e) => return Err(RunError::UntrustedIdentity(e)),
         };
         let mut seen = std::collections::HashSet::new();
         for plugin in &self.plugins {
             let name = plugin.name();
             if !valid_plugin_name(name) {
-                return Err(Error::InvalidPluginName(name.to_owned()));
+                return Err(RunError::InvalidPluginName(name.to_owned()));
             }
             if !seen.insert(name.to_owned()) {
-                return Err(Error::DuplicatePlugin(name.to_owned()));
+                return Err(RunError::DuplicatePlugin(name.to_owned()));
             }
         }
         let policy = RequestPolicy {
@@ -190,7 +193,7 @@ impl AppBuilder {
 /// # Examples
 ///
 /// ```no_run
-/// # async fn run() -> appkit::Result<()> {
+/// # async fn run() -> Result<(), appkit::RunError> {
 /// # struct MyPlugin;
 /// # impl appkit::Plugin for MyPlugin { fn name(&self) -> &str { "mine" } }
 /// appkit::App::builder()
@@ -261,12 +264,12 @@ impl App {
     /// # Errors
     ///
     /// Start-up errors (telemetry, store, engine, plugin setup, bind) after stopping what
-    /// started; [`Error::ShutdownTimedOut`] if the shutdown deadline passed.
-    pub async fn run(mut self) -> Result<()> {
+    /// started; [`RunError::ShutdownTimedOut`] if the shutdown deadline passed.
+    pub async fn run(mut self) -> Result<(), RunError> {
         let telemetry = std::mem::replace(&mut self.telemetry, Telemetry::off()).start()?;
         let result = self.serve(telemetry.clone()).await;
         if let Err(e) = &result
-            && !matches!(e, Error::ShutdownTimedOut { .. })
+            && !matches!(e, RunError::ShutdownTimedOut { .. })
         {
             // Start-up failed: export what was recorded, within the guard's own bound
             // (a failure is logged by the guard). After a shutdown that ran, this is a
@@ -277,7 +280,7 @@ impl App {
     }
 
     /// Everything after telemetry: start, bind, serve, shut down.
-    async fn serve(self, telemetry: TelemetryGuard) -> Result<()> {
+    async fn serve(self, telemetry: TelemetryGuard) -> Result<(), RunError> {
         let signals = TaskTracker::new();
         listen_for_signals(self.shutdown.clone(), &signals)?;
         let timeout = self.config.shutdown_timeout;
@@ -290,7 +293,7 @@ impl App {
             Err(source) => {
                 started.taskflow.shutdown().await;
                 started.hooks.close_all().await;
-                return Err(Error::Bind { addr, source });
+                return Err(RunError::Bind { addr, source });
             }
         };
         let local = listener.local_addr().unwrap_or(addr);
@@ -319,7 +322,7 @@ impl App {
 
     /// Starts the core services (the Lakebase pool if configured, the task store and
     /// engine), sets up every plugin and builds the router.
-    pub(crate) async fn start(self) -> Result<Started> {
+    pub(crate) async fn start(self) -> Result<Started, RunError> {
         let App {
             config,
             plugins,
@@ -335,12 +338,11 @@ impl App {
         let mut ready = Vec::with_capacity(plugins.len());
         for mut plugin in plugins {
             let name = plugin.name().to_owned();
-            let mut cx =
-                SetupContext::new(&name, taskflow.clone(), lakebase.clone(), config.clone());
-            if let Err(source) = plugin.setup(&mut cx).await {
+            let cx = SetupContext::new(&name, taskflow.clone(), lakebase.clone(), config.clone());
+            if let Err(source) = plugin.setup(&cx).await {
                 taskflow.shutdown().await;
                 hooks.close_all().await;
-                return Err(Error::Setup {
+                return Err(RunError::Setup {
                     plugin: name,
                     source,
                 });
@@ -357,7 +359,7 @@ impl App {
         }
         hooks.extend(plugin_hooks);
         let bridges = BridgeRegistry::new(DisconnectPolicy {
-            cancel_on_disconnect: true,
+            stop_on_disconnect: true,
             grace: config.sse_disconnect_grace,
         });
         let cx = PluginContext::new(
@@ -420,7 +422,10 @@ fn router(
 ) -> Router {
     let mut router = health;
     for plugin in plugins {
-        let routes = plugin.routes(cx).fallback(api_not_found);
+        let routes = plugin
+            .routes()
+            .fallback(api_not_found)
+            .with_state(cx.clone());
         router = router.nest(&format!("/api/{}", plugin.name()), routes);
     }
     let endpoints = plugins
@@ -447,9 +452,12 @@ fn router(
     let router = router
         .fallback(static_files::fallback(static_dir, script))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        // Two layers, one job each: errors are logged (and redacted in production) once,
+        // outside; the request policy the user extractors read rides in the extensions.
+        .layer(Extension(policy))
         .layer(axum::middleware::from_fn_with_state(
-            policy,
-            host_middleware,
+            config.is_production(),
+            log_and_redact_errors,
         ));
     // Last, so outermost: the request span covers every other layer.
     with_request_spans(router)

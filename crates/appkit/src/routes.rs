@@ -8,9 +8,8 @@ use serde_json::{Value, json};
 use taskflow::TaskInfo;
 
 use crate::error::Result;
-use crate::extract::UserContext;
+use crate::extract::{TaskRequest, UserContext};
 use crate::plugin::PluginContext;
-use crate::stream::LastEventId;
 
 /// A router of task routes, to nest where a plugin likes (the dev-playground uses
 /// `/api/demo/tasks`):
@@ -30,8 +29,8 @@ use crate::stream::LastEventId;
 /// ```
 /// use appkit::PluginContext;
 /// use axum::Router;
-/// fn routes(cx: &PluginContext) -> Router {
-///     Router::new().nest("/tasks", appkit::task_routes()).with_state(cx.clone())
+/// fn routes() -> Router<PluginContext> {
+///     Router::new().nest("/tasks", appkit::task_routes())
 /// }
 /// # let _ = routes;
 /// ```
@@ -61,11 +60,10 @@ async fn status(
 
 async fn events(
     State(cx): State<PluginContext>,
-    user: UserContext,
-    last: LastEventId,
+    req: TaskRequest,
     Path(key): Path<String>,
 ) -> Result<Response> {
-    cx.attach_task(&user, &key, last).await
+    cx.attach_task(&req, &key).await
 }
 
 async fn stop(

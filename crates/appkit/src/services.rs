@@ -10,7 +10,7 @@ use taskflow::{PostgresStore, SqliteStore, TaskFlow};
 use tracing::{info, warn};
 
 use crate::config::{Config, TasksStore};
-use crate::error::{Error, Result};
+use crate::run_error::RunError;
 use crate::shutdown::CloseHooks;
 
 /// The started core services.
@@ -22,7 +22,7 @@ pub(crate) struct Services {
 /// Starts the Lakebase pool (if configured), then the task store and engine, pushing a
 /// close hook for each onto `hooks`. On failure, runs every hook (what started, and what
 /// the app registered before) and returns the error.
-pub(crate) async fn start(config: &Config, hooks: &mut CloseHooks) -> Result<Services> {
+pub(crate) async fn start(config: &Config, hooks: &mut CloseHooks) -> Result<Services, RunError> {
     match start_in_order(config, hooks).await {
         Ok(services) => Ok(services),
         Err(e) => {
@@ -32,7 +32,7 @@ pub(crate) async fn start(config: &Config, hooks: &mut CloseHooks) -> Result<Ser
     }
 }
 
-async fn start_in_order(config: &Config, hooks: &mut CloseHooks) -> Result<Services> {
+async fn start_in_order(config: &Config, hooks: &mut CloseHooks) -> Result<Services, RunError> {
     let lakebase = match &config.lakebase {
         Some(lakebase) => {
             let schema = shared_pool_schema(config);
@@ -43,14 +43,8 @@ async fn start_in_order(config: &Config, hooks: &mut CloseHooks) -> Result<Servi
         }
         None => None,
     };
-    let engine = |e: taskflow::Error| Error::Start {
-        service: "the task engine",
-        source: Box::new(e),
-    };
-    let store_error = |e: taskflow::Error| Error::Start {
-        service: "the task store",
-        source: Box::new(e),
-    };
+    let engine = |e: taskflow::Error| RunError::start("the task engine", e);
+    let store_error = |e: taskflow::Error| RunError::start("the task store", e);
     let settings = config.taskflow_config();
     let taskflow = match (&config.tasks_store, &lakebase) {
         (TasksStore::Sqlite(path), _) => {
@@ -89,13 +83,14 @@ async fn start_in_order(config: &Config, hooks: &mut CloseHooks) -> Result<Servi
             TaskFlow::start(store, settings).await.map_err(engine)?
         }
         (TasksStore::Lakebase, None) => {
-            return Err(Error::Internal(
-                "the lakebase task store needs the lakebase pool (PGHOST)".to_owned(),
+            return Err(RunError::start(
+                "the task store",
+                "the lakebase task store needs the lakebase pool (PGHOST)",
             ));
         }
     };
     let closing = taskflow.clone();
-    hooks.push("taskflow", move || async move { closing.close().await });
+    hooks.push("taskflow", move || async move { closing.shutdown().await });
     Ok(Services { taskflow, lakebase })
 }
 
@@ -112,15 +107,12 @@ async fn connect(
     config: &LakebaseConfig,
     schema: Option<&str>,
     service: &'static str,
-) -> Result<LakebasePool> {
+) -> Result<LakebasePool, RunError> {
     let mut config = config.clone();
     if let Some(schema) = schema {
         config = config.into_builder().option("search_path", schema).build();
     }
     LakebasePool::connect(config)
         .await
-        .map_err(|e| Error::Start {
-            service,
-            source: Box::new(e),
-        })
+        .map_err(|e| RunError::start(service, e))
 }

@@ -16,7 +16,7 @@
 //!    and last telemetry: one bounded OTLP flush (`shutdown: telemetry flushed`); a failed
 //!    or cut-short flush is logged, never fatal;
 //! 6. done. If the deadline passes, the step that hung is logged and
-//!    [`Error::ShutdownTimedOut`] returned (the binary exits 1).
+//!    [`RunError::ShutdownTimedOut`] returned (the binary exits 1).
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::TelemetryGuard;
-use crate::error::Error;
+use crate::run_error::RunError;
 use crate::plugin::Plugin;
 use crate::stream::BridgeRegistry;
 use crate::telemetry;
@@ -115,14 +115,11 @@ impl ShutdownHandle {
 pub(crate) fn listen_for_signals(
     handle: ShutdownHandle,
     tracker: &TaskTracker,
-) -> Result<(), Error> {
+) -> Result<(), RunError> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let start = |e: std::io::Error| Error::Start {
-            service: "signal handlers",
-            source: Box::new(e),
-        };
+        let start = |e: std::io::Error| RunError::start("signal handlers", e);
         let mut int = signal(SignalKind::interrupt()).map_err(start)?;
         let mut term = signal(SignalKind::terminate()).map_err(start)?;
         tracker.spawn(async move {
@@ -204,8 +201,8 @@ impl Sequence {
     ///
     /// # Errors
     ///
-    /// [`Error::ShutdownTimedOut`] naming the step that hung.
-    pub(crate) async fn run(self) -> Result<(), Error> {
+    /// [`RunError::ShutdownTimedOut`] naming the step that hung.
+    pub(crate) async fn run(self) -> Result<(), RunError> {
         let timeout = self.timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let guard = self.telemetry.clone();
@@ -222,7 +219,7 @@ impl Sequence {
             "shutdown: deadline of {} ms passed during step `{step}`",
             timeout.as_millis()
         );
-        Err(Error::ShutdownTimedOut { step })
+        Err(RunError::ShutdownTimedOut { step })
     }
 
     async fn steps(self, step: &Mutex<&'static str>) {

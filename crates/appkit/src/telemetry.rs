@@ -17,8 +17,8 @@ use http::{Request, Response};
 use tower_http::trace::TraceLayer;
 use tracing::{Span, info, warn};
 
-use crate::config::{Config, ConfigError, ConfigProblem};
-use crate::error::{Error, Result};
+use crate::config::{Config, ConfigError};
+use crate::run_error::RunError;
 
 /// How an app gets its telemetry.
 #[derive(Debug)]
@@ -40,15 +40,14 @@ impl Telemetry {
     ///
     /// # Errors
     ///
-    /// [`Error::Start`] when `appkit_telemetry::init` fails (bad filter, exporter set-up,
+    /// [`RunError::Start`] when `appkit_telemetry::init` fails (bad filter, exporter set-up,
     /// a subscriber already installed).
-    pub(crate) fn start(self) -> Result<TelemetryGuard> {
+    pub(crate) fn start(self) -> Result<TelemetryGuard, RunError> {
         match self {
             Self::Ready(guard) => Ok(guard),
-            Self::Init(config) => appkit_telemetry::init(*config).map_err(|e| Error::Start {
-                service: "telemetry",
-                source: Box::new(e),
-            }),
+            Self::Init(config) => {
+                appkit_telemetry::init(*config).map_err(|e| RunError::start("telemetry", e))
+            }
         }
     }
 }
@@ -75,18 +74,11 @@ fn merge(
             Ok((host, telemetry.with_shutdown_timeout(bound)))
         }
         (host, telemetry) => {
-            let mut problems = host.err().map(|e| e.problems).unwrap_or_default();
-            for p in telemetry.err().iter().flat_map(|e| e.problems()) {
-                // Both read `APPKIT_ENV`: report a bad value once.
-                if problems.iter().all(|known| known.variable != p.variable) {
-                    problems.push(ConfigProblem {
-                        variable: p.variable,
-                        value: p.value.clone(),
-                        expected: p.expected.clone(),
-                    });
-                }
-            }
-            Err(ConfigError { problems })
+            // One problem type: both lists join; a bad `APPKIT_ENV` (both read it) is
+            // listed once.
+            let mut problems = host.err().unwrap_or_default();
+            problems.append(telemetry.err().unwrap_or_default());
+            Err(problems)
         }
     }
 }
@@ -99,7 +91,7 @@ fn merge(
 /// runs it after routing, so [`MatchedPath`] holds the full path of routes nested
 /// through any number of routers; unmatched requests (fallbacks) are named by the method
 /// alone. The span lasts until the response body ends, so an SSE stream's span covers the
-/// stream. Errors are logged by the host middleware inside it, not here.
+/// stream. Errors are logged by the error layer inside it, not here.
 pub(crate) fn with_request_spans(router: Router) -> Router {
     router.layer(
         TraceLayer::new_for_http()

@@ -15,13 +15,25 @@ use tower::ServiceExt;
 
 use crate::extract::Json;
 use crate::{
-    App, BoxError, Config, Environment, Error, ExecuteSettings, LastEventId, Plugin, PluginContext,
-    SetupContext, UserContext,
+    App, BoxError, Config, Environment, Error, Plugin, PluginContext, RunError, SetupContext,
+    TaskRequest, UserContext,
 };
 
 struct Probe {
     name: &'static str,
     task: &'static str,
+}
+
+const SLEEP: taskflow::TaskDef<u64, u64> = taskflow::TaskDef::new("sleep");
+/// `(n, pause_ms)`: `n` ticks, the pause before each.
+const TICKS: taskflow::TaskDef<(u32, u64), ()> = taskflow::TaskDef::new("ticks");
+
+async fn ticks(ctx: TaskContext, (n, pause_ms): (u32, u64)) -> Result<(), TaskError> {
+    for i in 1..=n {
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        ctx.emit("tick", json!({ "i": i })).await?;
+    }
+    Ok(())
 }
 
 #[async_trait::async_trait]
@@ -30,7 +42,7 @@ impl Plugin for Probe {
         self.name
     }
 
-    async fn setup(&mut self, cx: &mut SetupContext) -> Result<(), BoxError> {
+    async fn setup(&mut self, cx: &SetupContext) -> Result<(), BoxError> {
         cx.taskflow()
             .register(self.task, |ctx: TaskContext, ms: u64| async move {
                 tokio::select! {
@@ -39,6 +51,7 @@ impl Plugin for Probe {
                 }
                 Ok::<_, TaskError>(ms)
             })?;
+        cx.taskflow().register(TICKS, ticks)?;
         Ok(())
     }
 
@@ -46,7 +59,7 @@ impl Plugin for Probe {
         [("echo".to_owned(), "/echo".to_owned())].into()
     }
 
-    fn routes(&self, cx: &PluginContext) -> Router {
+    fn routes(&self) -> Router<PluginContext> {
         async fn echo(Json(v): Json<Value>) -> axum::Json<Value> {
             axum::Json(v)
         }
@@ -56,21 +69,27 @@ impl Plugin for Probe {
         async fn boom() -> Result<(), Error> {
             Err(Error::Internal("database password is hunter2".into()))
         }
+        // Nothing special: the `TaskRequest` carries the resume cursor.
         async fn sleep(
             State(cx): State<PluginContext>,
-            user: UserContext,
-            last: LastEventId,
+            req: TaskRequest,
             Json(ms): Json<u64>,
         ) -> crate::Result<Response> {
-            let settings = ExecuteSettings::new().last_event_id(last);
-            cx.execute_task(&user, "sleep", ms, settings).await
+            cx.execute(&req, SLEEP, ms).await
+        }
+        async fn start_ticks(
+            State(cx): State<PluginContext>,
+            req: TaskRequest,
+            Json(input): Json<(u32, u64)>,
+        ) -> crate::Result<Response> {
+            cx.execute(&req, TICKS, input).await
         }
         Router::new()
             .route("/echo", post(echo))
             .route("/whoami", get(whoami))
             .route("/boom", get(boom))
             .route("/sleep", post(sleep))
-            .with_state(cx.clone())
+            .route("/ticks", post(start_ticks))
     }
 }
 
@@ -282,6 +301,54 @@ async fn a_cursor_past_the_last_event_is_a_bad_request() {
     host.stop().await;
 }
 
+/// The `id:` lines of an SSE body.
+fn sse_ids(body: &str) -> Vec<u64> {
+    body.lines()
+        .filter_map(|line| line.strip_prefix("id: "))
+        .map(|id| id.parse().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_handler_that_does_nothing_special_resumes_after_last_event_id() {
+    let host = host(|_| {}).await;
+    let submit = |last: Option<&str>| {
+        let mut req = Request::post("/api/probe/ticks")
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(last) = last {
+            req = req.header("last-event-id", last);
+        }
+        // 8 ticks, 30 ms apart: still running when the client comes back.
+        req.body(Body::from("[8, 30]")).unwrap()
+    };
+    let first = host.router.clone().oneshot(submit(None)).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    // Read until the second tick (seq 4: `created` is 1, `started` 2), then drop the
+    // connection, as a browser that lost its network would.
+    let mut body = first.into_body();
+    let mut seen = String::new();
+    while !seen.contains("id: 4\n") {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("the second tick within 10 s")
+            .expect("the stream goes on")
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            seen.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
+    drop(body);
+    assert_eq!(sse_ids(&seen), [2, 3, 4], "{seen}");
+    // It reconnects with the last id it saw and the same request: the stream picks up
+    // after it, though the route passes nothing but the `TaskRequest` along.
+    let (status, _, resumed) = host.call(submit(Some("4"))).await;
+    assert_eq!(status, StatusCode::OK, "{resumed}");
+    assert!(resumed.starts_with("event: ready\n"), "{resumed}");
+    // ticks 3..=8 are seqs 5..=10, then `completed` is 11.
+    assert_eq!(sse_ids(&resumed), (5..=11).collect::<Vec<_>>(), "{resumed}");
+    host.stop().await;
+}
+
 #[tokio::test]
 async fn duplicate_plugin_names_are_refused() {
     let err = App::builder()
@@ -290,7 +357,7 @@ async fn duplicate_plugin_names_are_refused() {
         .build(Config::default())
         .unwrap_err();
     assert!(
-        matches!(err, Error::DuplicatePlugin(ref n) if n == "probe"),
+        matches!(err, RunError::DuplicatePlugin(ref n) if n == "probe"),
         "{err}"
     );
     let err = App::builder()
@@ -300,7 +367,7 @@ async fn duplicate_plugin_names_are_refused() {
         })
         .build(Config::default())
         .unwrap_err();
-    assert!(matches!(err, Error::InvalidPluginName(_)), "{err}");
+    assert!(matches!(err, RunError::InvalidPluginName(_)), "{err}");
 }
 
 #[tokio::test]
@@ -326,7 +393,7 @@ async fn production_elsewhere_needs_a_trust_decision_or_an_extractor_of_the_apps
     let mut c = config(&dir);
     c.env = Environment::Production;
     let err = App::builder().plugin(probe()).build(c.clone()).unwrap_err();
-    assert!(matches!(err, Error::UntrustedIdentity(_)), "{err}");
+    assert!(matches!(err, RunError::UntrustedIdentity(_)), "{err}");
     assert!(err.to_string().contains("APPKIT_TRUST_FORWARDED_USER=true"));
 
     // The app's own extractor: accepted, and the forwarded headers are never read.

@@ -7,50 +7,53 @@ use std::time::Duration;
 use appkit_lakebase::LakebasePool;
 use axum::response::Response;
 use serde::Serialize;
-use taskflow::{IdempotencyMode, SubmitOptions, Submitted, TaskFlow};
+use taskflow::{IdempotencyMode, SubmitOptions, Submitted, TaskDef, TaskFlow};
 use tracing::debug;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::extract::UserContext;
+use crate::extract::{TaskRequest, UserContext};
 use crate::shutdown::ShutdownHandle;
 use crate::stream::{
-    BridgeParams, BridgeRegistry, DisconnectPolicy, LastEventId, channel_events,
+    BridgeParams, BridgeRegistry, DisconnectPolicy, channel_events,
     plugin_sse_response, sse_response,
 };
 
-/// How [`PluginContext::execute_task`] submits and streams.
+/// How [`PluginContext::execute_with`] submits and streams.
 ///
 /// # Examples
 ///
 /// ```
 /// use std::time::Duration;
-/// use appkit::{ExecuteSettings, LastEventId};
+/// use appkit::ExecuteSettings;
 /// let settings = ExecuteSettings::new()
-///     .cancel_on_disconnect(false)
+///     .stop_on_disconnect(false)
 ///     .disconnect_grace(Duration::from_secs(10))
-///     .last_event_id(LastEventId(Some(4)));
+///     .max_attempts(5);
 /// # let _ = settings;
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct ExecuteSettings {
-    cancel_on_disconnect: Option<bool>,
+    stop_on_disconnect: Option<bool>,
     disconnect_grace: Option<Duration>,
     idempotency_key: Option<String>,
     mode: IdempotencyMode,
-    last_event_id: LastEventId,
+    max_attempts: Option<u32>,
 }
 
 impl ExecuteSettings {
-    /// Defaults: stop the task when its client is gone for the configured grace, derived
-    /// idempotency key, [`IdempotencyMode::AtLeastOnce`], no resume cursor.
+    /// Defaults: stop (suspend) the task when its client is gone for the configured
+    /// grace, derived idempotency key, [`IdempotencyMode::AtLeastOnce`], the attempts the
+    /// task was registered with.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Whether a disconnected client's task is stopped after the grace (default `true`).
-    pub fn cancel_on_disconnect(mut self, on: bool) -> Self {
-        self.cancel_on_disconnect = Some(on);
+    /// Whether the task is stopped once its last client has been gone for the grace
+    /// (default `true`). A stopped task is `suspended`, not cancelled: its checkpoints
+    /// stay, and a resume (or a re-submission that attaches) carries on from them.
+    pub fn stop_on_disconnect(mut self, on: bool) -> Self {
+        self.stop_on_disconnect = Some(on);
         self
     }
 
@@ -72,10 +75,12 @@ impl ExecuteSettings {
         self
     }
 
-    /// The request's `Last-Event-ID`: when the submission attaches to an existing task,
-    /// the stream resumes after it. A new task always streams from its start.
-    pub fn last_event_id(mut self, last: LastEventId) -> Self {
-        self.last_event_id = last;
+    /// Attempts the task gets before it fails for good, counting the first (at least 1),
+    /// in place of the count it was registered with
+    /// ([`TaskOptions::max_attempts`](taskflow::TaskOptions::max_attempts)). Applies
+    /// when this request creates the task; a duplicate attaches to the task as it is.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = Some(n.max(1));
         self
     }
 }
@@ -151,19 +156,90 @@ impl PluginContext {
         self.inner.shutdown.is_started()
     }
 
-    /// Submits task `name` for `user` (or attaches to the task it duplicates) and answers
-    /// with its events as SSE (the wire contract, `docs/host.md`): header `X-AppKit-Task-Idempotency-Key`, a
-    /// `ready` frame, then each event with `id: <seq>` until the task ends.
+    /// Submits the task `task` for the request's user with `input` (or attaches to the
+    /// task it duplicates) and answers with its events as SSE, with default
+    /// [`ExecuteSettings`]: header `X-AppKit-Task-Idempotency-Key`, a `ready` frame, then
+    /// each event with `id: <seq>` until the task ends. When the submission attaches to an
+    /// existing task, the stream resumes after the request's `Last-Event-ID`.
+    ///
+    /// The compiler checks `input` against the task's [`TaskDef`]; for a name known only
+    /// at run time use [`execute_task`](Self::execute_task).
     ///
     /// # Errors
     ///
     /// Before the stream starts, as normal HTTP errors: [`Error::ShuttingDown`] (503),
     /// [`Error::RateLimited`] (429), [`Error::InvalidInput`] (400, e.g. a `Last-Event-ID`
-    /// past the task's last event), [`Error::UnknownTask`] (404), engine failures (500).
-    /// After it started, errors are an in-band `event: error` frame.
+    /// past the task's last event), [`Error::UnknownTask`] (404, the task was never
+    /// registered), [`Error::StoreUnavailable`] (503), engine failures (500). After it
+    /// started, errors are an in-band `event: error` frame.
+    ///
+    /// # Examples
+    ///
+    /// A handler that does nothing special still resumes from `Last-Event-ID`:
+    ///
+    /// ```
+    /// use appkit::extract::Json;
+    /// use appkit::taskflow::TaskDef;
+    /// use appkit::{PluginContext, TaskRequest};
+    /// use axum::{extract::State, response::Response};
+    ///
+    /// const BUILD: TaskDef<u32, ()> = TaskDef::new("build");
+    ///
+    /// async fn build(
+    ///     State(cx): State<PluginContext>,
+    ///     req: TaskRequest,
+    ///     Json(pages): Json<u32>,
+    /// ) -> appkit::Result<Response> {
+    ///     cx.execute(&req, BUILD, pages).await
+    /// }
+    /// # let _: axum::routing::MethodRouter<PluginContext> = axum::routing::post(build);
+    /// ```
+    ///
+    /// An input of the wrong type does not compile:
+    ///
+    /// ```compile_fail,E0308
+    /// # use appkit::{PluginContext, TaskRequest};
+    /// # use appkit::taskflow::TaskDef;
+    /// const BUILD: TaskDef<u32, ()> = TaskDef::new("build");
+    /// async fn build(cx: PluginContext, req: TaskRequest) -> appkit::Result<axum::response::Response> {
+    ///     cx.execute(&req, BUILD, "twelve pages").await
+    /// }
+    /// ```
+    pub async fn execute<In: Serialize, Out>(
+        &self,
+        req: &TaskRequest,
+        task: TaskDef<In, Out>,
+        input: In,
+    ) -> Result<Response> {
+        self.execute_task(req, task.name(), input, ExecuteSettings::new())
+            .await
+    }
+
+    /// [`execute`](Self::execute) with `settings`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`execute`](Self::execute).
+    pub async fn execute_with<In: Serialize, Out>(
+        &self,
+        req: &TaskRequest,
+        task: TaskDef<In, Out>,
+        input: In,
+        settings: ExecuteSettings,
+    ) -> Result<Response> {
+        self.execute_task(req, task.name(), input, settings).await
+    }
+
+    /// [`execute_with`](Self::execute_with) of a task named at run time (its input is
+    /// checked when the handler deserializes it: a mismatch is a failed task, not a
+    /// compile error).
+    ///
+    /// # Errors
+    ///
+    /// As for [`execute`](Self::execute).
     pub async fn execute_task(
         &self,
-        user: &UserContext,
+        req: &TaskRequest,
         name: &str,
         input: impl Serialize,
         settings: ExecuteSettings,
@@ -171,6 +247,7 @@ impl PluginContext {
         if self.is_shutting_down() {
             return Err(Error::ShuttingDown);
         }
+        let user = req.user();
         let mut options = SubmitOptions::new()
             .user(user.id())
             .user_context(user.clone())
@@ -178,10 +255,13 @@ impl PluginContext {
         if let Some(key) = settings.idempotency_key.clone() {
             options = options.idempotency_key(key);
         }
+        if let Some(n) = settings.max_attempts {
+            options = options.max_attempts(n);
+        }
         let submitted = self.inner.taskflow.submit(name, input, options).await?;
         let after = match &submitted {
             Submitted::Created(_) => 0,
-            Submitted::Existing(..) => settings.last_event_id.after_seq(),
+            Submitted::Existing(..) => req.last_event_id().after_seq(),
         };
         let key = submitted.handle().idempotency_key.clone();
         debug!(task.key = %key, created = matches!(submitted, Submitted::Created(_)), "task submitted");
@@ -189,33 +269,29 @@ impl PluginContext {
         self.inner.bridges.set_policy(
             &key,
             DisconnectPolicy {
-                cancel_on_disconnect: settings
-                    .cancel_on_disconnect
-                    .unwrap_or(default.cancel_on_disconnect),
+                stop_on_disconnect: settings
+                    .stop_on_disconnect
+                    .unwrap_or(default.stop_on_disconnect),
                 grace: settings.disconnect_grace.unwrap_or(default.grace),
             },
         );
         self.open_bridge(key, user, after).await
     }
 
-    /// Attaches to the existing task `key` of `user` and answers with its events as SSE,
-    /// resuming after `last_event_id`, as [`execute_task`](Self::execute_task) does.
+    /// Attaches to the existing task `key` of the request's user and answers with its
+    /// events as SSE, resuming after the request's `Last-Event-ID`, as
+    /// [`execute`](Self::execute) does.
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`] if no task with that key is visible to `user`;
+    /// [`Error::NotFound`] if no task with that key is visible to the user;
     /// [`Error::InvalidInput`] for a cursor past the last event;
     /// [`Error::ShuttingDown`].
-    pub async fn attach_task(
-        &self,
-        user: &UserContext,
-        key: &str,
-        last_event_id: LastEventId,
-    ) -> Result<Response> {
+    pub async fn attach_task(&self, req: &TaskRequest, key: &str) -> Result<Response> {
         if self.is_shutting_down() {
             return Err(Error::ShuttingDown);
         }
-        self.open_bridge(key.to_owned(), user, last_event_id.after_seq())
+        self.open_bridge(key.to_owned(), req.user(), req.last_event_id().after_seq())
             .await
     }
 
@@ -294,7 +370,7 @@ impl PluginContext {
 
     fn default_policy(&self) -> DisconnectPolicy {
         DisconnectPolicy {
-            cancel_on_disconnect: true,
+            stop_on_disconnect: true,
             grace: self.inner.config.sse_disconnect_grace,
         }
     }

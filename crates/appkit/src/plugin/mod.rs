@@ -25,10 +25,17 @@ pub use context::{ExecuteSettings, PluginContext};
 /// # Examples
 ///
 /// ```
-/// use appkit::{ExecuteSettings, Plugin, PluginContext, SetupContext, UserContext};
 /// use appkit::extract::Json;
+/// use appkit::taskflow::{TaskContext, TaskDef, TaskError};
+/// use appkit::{Plugin, PluginContext, SetupContext, TaskRequest};
 /// use axum::{Router, extract::State, response::Response, routing::post};
-/// use taskflow::{TaskContext, TaskError};
+///
+/// const GREET: TaskDef<String, ()> = TaskDef::new("greet");
+///
+/// async fn greet(ctx: TaskContext, who: String) -> Result<(), TaskError> {
+///     ctx.emit("greeting", format!("hello {who}")).await?;
+///     Ok(())
+/// }
 ///
 /// struct Hello;
 ///
@@ -38,26 +45,22 @@ pub use context::{ExecuteSettings, PluginContext};
 ///         "hello"
 ///     }
 ///
-///     async fn setup(&mut self, cx: &mut SetupContext) -> Result<(), appkit::BoxError> {
-///         cx.taskflow().register("greet", |ctx: TaskContext, who: String| async move {
-///             ctx.emit("greeting", format!("hello {who}")).await?;
-///             Ok::<_, TaskError>(())
-///         })?;
+///     async fn setup(&mut self, cx: &SetupContext) -> Result<(), appkit::BoxError> {
+///         cx.taskflow().register(GREET, greet)?;
 ///         Ok(())
 ///     }
 ///
-///     fn routes(&self, cx: &PluginContext) -> Router {
-///         async fn greet(
+///     fn routes(&self) -> Router<PluginContext> {
+///         async fn start(
 ///             State(cx): State<PluginContext>,
-///             user: UserContext,
+///             req: TaskRequest,
 ///             Json(who): Json<String>,
 ///         ) -> appkit::Result<Response> {
-///             cx.execute_task(&user, "greet", who, ExecuteSettings::new()).await
+///             cx.execute(&req, GREET, who).await
 ///         }
 ///         Router::new()
-///             .route("/greet", post(greet))
+///             .route("/greet", post(start))
 ///             .nest("/tasks", appkit::task_routes())
-///             .with_state(cx.clone())
 ///     }
 /// }
 /// ```
@@ -73,14 +76,15 @@ pub trait Plugin: Send + Sync + 'static {
     /// # Errors
     ///
     /// Whatever the plugin cannot recover from; it is reported with the plugin's name.
-    async fn setup(&mut self, cx: &mut SetupContext) -> Result<(), BoxError> {
+    async fn setup(&mut self, cx: &SetupContext) -> Result<(), BoxError> {
         let _ = cx;
         Ok(())
     }
 
-    /// The plugin's routes, nested at `/api/{name}`. Unmatched paths under it answer 404.
-    fn routes(&self, cx: &PluginContext) -> Router {
-        let _ = cx;
+    /// The plugin's routes, nested at `/api/{name}`; the host gives them their state, the
+    /// [`PluginContext`] (reach it with `State<PluginContext>`). Unmatched paths under the
+    /// mount answer 404.
+    fn routes(&self) -> Router<PluginContext> {
         Router::new()
     }
 

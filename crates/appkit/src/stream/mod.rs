@@ -13,8 +13,7 @@ pub(crate) use bridge::{BridgeParams, sse_response};
 pub(crate) use failure::client_error;
 pub use failure::{ATTEMPT_FAILED_MESSAGE, TASK_FAILED_MESSAGE};
 pub(crate) use plugin::{channel_events, plugin_sse_response};
-pub(crate) use registry::BridgeRegistry;
-pub use registry::DisconnectPolicy;
+pub(crate) use registry::{BridgeRegistry, DisconnectPolicy};
 pub use resume::LastEventId;
 
 /// Header carrying the task's idempotency key on every bridge response.

@@ -12,15 +12,15 @@ use tracing::{debug, info, warn};
 
 /// What happens to a task when its SSE client goes away.
 ///
-/// With `cancel_on_disconnect` (the default) the task is stopped (suspended) once `grace`
+/// With `stop_on_disconnect` (the default) the task is stopped (suspended) once `grace`
 /// has passed without another client attaching to it; without, it runs on and can be
 /// re-attached. Neither applies at server shutdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DisconnectPolicy {
+pub(crate) struct DisconnectPolicy {
     /// Stop the task when the last client is gone for `grace`.
-    pub cancel_on_disconnect: bool,
+    pub(crate) stop_on_disconnect: bool,
     /// How long a re-attach may take.
-    pub grace: Duration,
+    pub(crate) grace: Duration,
 }
 
 /// Open bridges: counted for the drain, and per task for the disconnect grace.
@@ -117,7 +117,7 @@ impl BridgeRegistry {
             user,
             epoch,
             policy,
-            drain: self.inner.drain.child_token(),
+            drain: self.inner.drain.clone(),
             outcome: Outcome::Open,
         }
     }
@@ -128,7 +128,7 @@ impl BridgeRegistry {
         self.state().open += 1;
         PlainGuard {
             registry: self.clone(),
-            drain: self.inner.drain.child_token(),
+            drain: self.inner.drain.clone(),
         }
     }
 
@@ -262,6 +262,11 @@ pub(crate) struct BridgeGuard {
 }
 
 impl BridgeGuard {
+    /// The task's idempotency key.
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
     /// Cancelled when the server drains bridges at shutdown.
     pub(crate) fn drain_token(&self) -> &CancellationToken {
         &self.drain
@@ -276,7 +281,7 @@ impl BridgeGuard {
 impl Drop for BridgeGuard {
     fn drop(&mut self) {
         let client_left = self.outcome == Outcome::Open
-            && self.policy.cancel_on_disconnect
+            && self.policy.stop_on_disconnect
             && !self.drain.is_cancelled();
         if client_left {
             self.registry.start_grace(self);

@@ -97,11 +97,10 @@ impl Plugin for Nested {
         "demo"
     }
 
-    fn routes(&self, cx: &PluginContext) -> Router {
+    fn routes(&self) -> Router<PluginContext> {
         Router::new()
             .route("/ping", get(|| async { "pong" }))
             .nest("/tasks", crate::task_routes())
-            .with_state(cx.clone())
     }
 }
 
@@ -161,17 +160,21 @@ fn lookup(vars: &[(&'static str, &'static str)]) -> impl Fn(&str) -> Option<Stri
 }
 
 #[test]
-fn config_problems_of_host_and_telemetry_are_reported_together_once() {
+fn config_problems_of_host_lakebase_and_telemetry_are_reported_together_once() {
     let env = [
         ("APPKIT_ENV", "prod"),
         ("PORT", "x"),
         ("OTEL_TRACES_SAMPLER", "sometimes"),
+        ("PGHOST", "db"),
+        ("PGPORT", "x"),
+        ("PGUSER", "app"),
+        ("PGPASSWORD", "pw"),
     ];
     let host = Config::from_lookup(lookup(&env));
     let telemetry = TelemetryConfig::from_lookup(lookup(&env));
     let err = merge(host, telemetry).unwrap_err();
-    let names: Vec<_> = err.problems.iter().map(|p| p.variable).collect();
-    assert_eq!(names, ["PORT", "APPKIT_ENV", "OTEL_TRACES_SAMPLER"]);
+    let names: Vec<_> = err.problems().iter().map(|p| p.variable()).collect();
+    assert_eq!(names, ["PORT", "PGPORT", "APPKIT_ENV", "OTEL_TRACES_SAMPLER"]);
 }
 
 #[test]

@@ -131,8 +131,7 @@ async fn last_event_id_is_parsed_robustly() {
         None,
     )
     .await
-    .err()
-    .expect("refused");
+    .expect_err("refused");
     assert_eq!(refused.status, 400);
     assert_eq!(refused.json()["code"], "INVALID_INPUT");
     assert!(refused.json()["error"].as_str().unwrap().contains("99"));

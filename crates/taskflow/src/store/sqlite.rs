@@ -119,6 +119,13 @@ impl SqliteDriver {
             .max_connections(1)
             .min_connections(1)
             .test_before_acquire(false)
+            // A COMMIT or ROLLBACK that failed (SQLITE_FULL, IOERR: SQLite may already have
+            // rolled back on its own) leaves sqlx counting a transaction that is still open
+            // on its side: the next batches would nest savepoints in it, the writer would
+            // see them and no reader ever would. A connection released inside a transaction
+            // is closed instead (a fresh one is opened), which also drops any rollback
+            // still queued after a failed batch.
+            .after_release(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             .connect_with(opts.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;

@@ -44,8 +44,8 @@ impl Shown {
 ///
 /// The URL is parsed by the `url` crate; its userinfo password and any `password` query
 /// parameter are replaced. A value that does not parse as a URL with an authority
-/// (`scheme://…`) is shown whole unless it holds an `@` (where a password could end),
-/// which makes the whole value [`REDACTED`].
+/// (`scheme://…`) is shown whole unless, after its `://`, it holds a `:` or an `@` (where
+/// a password could start or end): then the whole value is [`REDACTED`].
 ///
 /// # Examples
 ///
@@ -58,8 +58,10 @@ impl Shown {
 pub fn redact_url(value: &str) -> String {
     let parsed = Url::parse(value).ok().filter(|url| !url.cannot_be_a_base());
     let Some(mut url) = parsed else {
-        // No authority the parser understood: an `@` may end a password.
-        return if value.contains('@') {
+        // No authority the parser understood: a `:` may start a password (`user:secret`
+        // without `@host`) and an `@` may end one.
+        let rest = value.split_once("://").map_or(value, |(_, rest)| rest);
+        return if rest.contains([':', '@']) {
             REDACTED.to_owned()
         } else {
             value.to_owned()

@@ -5,12 +5,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use appkit_env::{Env, Problem, Shown};
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
 use crate::credentials::{
     Credential, Credentials, DatabricksOAuthConfig, normalize_workspace_host,
 };
-use crate::error::{ConfigError, ConfigProblem, Error, Result};
+use crate::error::{Error, Result};
 
 mod url;
 
@@ -131,11 +132,7 @@ impl LakebaseConfig {
     /// [`Error::Config`] listing every bad or missing variable, with
     /// its value (secrets redacted) and the expected form.
     pub fn from_env() -> Result<Self> {
-        Self::from_lookup(|name| match std::env::var(name) {
-            Ok(value) => Raw::Value(value),
-            Err(std::env::VarError::NotPresent) => Raw::Missing,
-            Err(std::env::VarError::NotUnicode(_)) => Raw::NotUnicode,
-        })
+        Self::from_reader(Env::process())
     }
 
     /// Reads the configuration from the environment if `PGHOST` is set, the sign that a
@@ -167,10 +164,7 @@ impl LakebaseConfig {
             .into_iter()
             .map(|(k, v)| (k.into(), v.into()))
             .collect();
-        Self::from_lookup(|name| {
-            vars.get(name)
-                .map_or(Raw::Missing, |v| Raw::Value(v.clone()))
-        })
+        Self::from_reader(Env::new(|name| vars.get(name).cloned()))
     }
 
     /// Parses a `postgres://user:password@host:port/database?sslmode=…&application_name=…`
@@ -185,34 +179,54 @@ impl LakebaseConfig {
         url::parse(url)
     }
 
-    fn from_lookup(lookup: impl Fn(&str) -> Raw) -> Result<Self> {
-        let mut env = Env {
-            lookup,
-            problems: Vec::new(),
-        };
-        let host = env.required("PGHOST", "a host name, address or socket directory");
-        let user = env.required("PGUSER", "the Postgres role name");
-        let port = env.parsed("PGPORT", parse_port).unwrap_or(DEFAULT_PORT);
-        let ssl_mode = env
-            .parsed("PGSSLMODE", parse_ssl_mode)
-            .unwrap_or(DEFAULT_SSL_MODE);
-        let database = env.optional("PGDATABASE", false);
-        let application_name = env.optional("PGAPPNAME", false);
-        let credentials = env.credentials();
-        if !env.problems.is_empty() {
-            return Err(ConfigError::new(env.problems).into());
+    fn from_reader(mut env: Env<'_>) -> Result<Self> {
+        let config = Self::read(&mut env);
+        match env.finish(config)? {
+            Some(config) => Ok(config),
+            // `read` gives `None` only after recording a problem; this is a safety net.
+            None => Err(appkit_env::Problems::from(Problem::missing("PGHOST", HOST)).into()),
         }
-        let mut builder = Self::builder(host.unwrap_or_default(), user.unwrap_or_default())
+    }
+
+    /// Reads the configuration through `env` as [`LakebaseConfig::from_env`] reads the
+    /// environment, recording every bad or missing variable in `env` (so a host reads its
+    /// own variables through the same [`Env`] and reports every problem at once).
+    ///
+    /// Returns `None` when a variable this configuration needs is bad or missing.
+    pub fn read(env: &mut Env<'_>) -> Option<Self> {
+        let before = env.problems().len();
+        let host = env.string("PGHOST");
+        if host.is_none() {
+            env.require("PGHOST", HOST);
+        }
+        let user = env.string("PGUSER");
+        if user.is_none() {
+            env.require("PGUSER", "the Postgres role name");
+        }
+        let port = env.port("PGPORT", 1).unwrap_or(DEFAULT_PORT);
+        let ssl_mode = env
+            .parse("PGSSLMODE", |v| parse_ssl_mode(v).map_err(str::to_owned))
+            .unwrap_or(DEFAULT_SSL_MODE);
+        let database = env.string("PGDATABASE");
+        let application_name = env.string("PGAPPNAME");
+        let credentials = read_credentials(env);
+        let (Some(host), Some(user), Some(credentials)) = (host, user, credentials) else {
+            return None;
+        };
+        if env.problems().len() > before {
+            return None;
+        }
+        let mut builder = Self::builder(host, user)
             .port(port)
             .ssl_mode(ssl_mode)
-            .credentials(credentials.unwrap_or_else(Credentials::none));
+            .credentials(credentials);
         if let Some(database) = database {
             builder = builder.database(database);
         }
         if let Some(name) = application_name {
             builder = builder.application_name(name);
         }
-        Ok(builder.build())
+        Some(builder.build())
     }
 
     /// Starts a builder from this configuration, to change some values.
@@ -440,130 +454,74 @@ impl LakebaseConfigBuilder {
     }
 }
 
-/// A variable as found: missing, a value, or not valid UTF-8.
-enum Raw {
-    Missing,
-    Value(String),
-    NotUnicode,
-}
-
-/// A variable source plus the problems found so far.
-struct Env<F> {
-    lookup: F,
-    problems: Vec<ConfigProblem>,
-}
-
-impl<F: Fn(&str) -> Raw> Env<F> {
-    /// The non-empty value of `name`; a non-UTF-8 value is recorded as a problem.
-    fn optional(&mut self, name: &str, secret: bool) -> Option<String> {
-        match (self.lookup)(name) {
-            Raw::Value(v) if !v.is_empty() => Some(v),
-            Raw::Value(_) | Raw::Missing => None,
-            Raw::NotUnicode => {
-                let shown = if secret {
-                    REDACTED
-                } else {
-                    "<not valid UTF-8>"
-                };
-                self.problem(name, Some(shown.to_owned()), "valid UTF-8");
-                None
-            }
+/// The static password if set, else Databricks OAuth if its client credentials are set.
+fn read_credentials(env: &mut Env<'_>) -> Option<Credentials> {
+    let password = env.secret("PGPASSWORD");
+    let client_id = env.string("DATABRICKS_CLIENT_ID");
+    let client_secret = env.secret("DATABRICKS_CLIENT_SECRET");
+    if let Some(password) = password {
+        if client_id.is_some() || client_secret.is_some() {
+            tracing::debug!("PGPASSWORD is set; using it instead of Databricks OAuth");
         }
+        return Some(Credentials::password(password));
     }
-
-    fn required(&mut self, name: &str, expected: &str) -> Option<String> {
-        let value = self.optional(name, false);
-        if value.is_none() && !self.problems.iter().any(|p| p.variable() == name) {
-            self.problem(name, None, expected);
+    let (client_id, client_secret) = match (client_id, client_secret) {
+        (Some(id), Some(secret)) => (id, secret),
+        (None, None) => {
+            env.require("PGPASSWORD", NO_CREDENTIAL);
+            return None;
         }
-        value
-    }
-
-    fn parsed<T>(&mut self, name: &str, parse: fn(&str) -> Result<T, &'static str>) -> Option<T> {
-        let raw = self.optional(name, false)?;
-        parse(&raw)
-            .map_err(|expected| self.problem(name, Some(raw.clone()), expected))
-            .ok()
-    }
-
-    fn problem(&mut self, name: &str, value: Option<String>, expected: &str) {
-        self.problems
-            .push(ConfigProblem::new(name, value, expected));
-    }
-
-    /// The static password if set, else Databricks OAuth if its client credentials are set.
-    fn credentials(&mut self) -> Option<Credentials> {
-        let password = self.optional("PGPASSWORD", true);
-        let client_id = self.optional("DATABRICKS_CLIENT_ID", false);
-        let client_secret = self.optional("DATABRICKS_CLIENT_SECRET", true);
-        if let Some(password) = password {
-            if client_id.is_some() || client_secret.is_some() {
-                tracing::debug!("PGPASSWORD is set; using it instead of Databricks OAuth");
-            }
-            return Some(Credentials::password(password));
+        (None, Some(_)) => {
+            env.require(
+                "DATABRICKS_CLIENT_ID",
+                "set together with DATABRICKS_CLIENT_SECRET",
+            );
+            return None;
         }
-        let (client_id, client_secret) = match (client_id, client_secret) {
-            (Some(id), Some(secret)) => (id, secret),
-            (None, None) => {
-                self.problem("PGPASSWORD", None, NO_CREDENTIAL);
-                return None;
-            }
-            (None, Some(_)) => {
-                self.problem(
-                    "DATABRICKS_CLIENT_ID",
-                    None,
-                    "set together with DATABRICKS_CLIENT_SECRET",
-                );
-                return None;
-            }
-            (Some(_), None) => {
-                self.problem(
-                    "DATABRICKS_CLIENT_SECRET",
-                    None,
-                    "set together with DATABRICKS_CLIENT_ID",
-                );
-                return None;
-            }
-        };
-        let host = self.required("DATABRICKS_HOST", "the workspace URL, for Databricks OAuth");
-        let instance = self.required(
+        (Some(_), None) => {
+            env.require(
+                "DATABRICKS_CLIENT_SECRET",
+                "set together with DATABRICKS_CLIENT_ID",
+            );
+            return None;
+        }
+    };
+    let host = env.parse_shown("DATABRICKS_HOST", Shown::Url, |raw| {
+        normalize_workspace_host(raw).map_err(str::to_owned)
+    });
+    if host.is_none() {
+        env.require("DATABRICKS_HOST", "the workspace URL, for Databricks OAuth");
+    }
+    let instance = env.string(ENV_INSTANCE_NAME);
+    if instance.is_none() {
+        env.require(
             ENV_INSTANCE_NAME,
             "the Lakebase database instance name, for Databricks OAuth",
         );
-        let host = host.and_then(|raw| match normalize_workspace_host(&raw) {
-            Ok(host) => Some(host),
-            Err(expected) => {
-                self.problem("DATABRICKS_HOST", Some(raw), expected);
-                None
-            }
-        })?;
-        match DatabricksOAuthConfig::new(&host, client_id, client_secret, instance?) {
-            Ok(config) => Some(Credentials::databricks_oauth(config)),
-            Err(Error::Config(e)) => {
-                self.problems.extend(e.problems().iter().cloned());
-                None
-            }
-            Err(other) => {
-                self.problem("DATABRICKS_HOST", Some(host), &other.to_string());
-                None
-            }
+    }
+    let (host, instance) = (host?, instance?);
+    match DatabricksOAuthConfig::new(&host, client_id, client_secret, instance) {
+        Ok(config) => Some(Credentials::databricks_oauth(config)),
+        Err(Error::Config(e)) => {
+            env.report_all(e);
+            None
+        }
+        Err(other) => {
+            env.report(Problem::invalid(
+                "DATABRICKS_HOST",
+                &host,
+                Shown::Url,
+                other.to_string(),
+            ));
+            None
         }
     }
 }
 
-/// What is shown instead of a secret value.
-pub(crate) const REDACTED: &str = "<redacted>";
+const HOST: &str = "a host name, address or socket directory";
 
 const NO_CREDENTIAL: &str = "a password, or Databricks OAuth: DATABRICKS_HOST, DATABRICKS_CLIENT_ID, \
      DATABRICKS_CLIENT_SECRET and LAKEBASE_INSTANCE_NAME";
-
-/// Parses a port number from 1 to 65535.
-pub(crate) fn parse_port(raw: &str) -> Result<u16, &'static str> {
-    match raw.parse::<u16>() {
-        Ok(port) if port > 0 => Ok(port),
-        _ => Err("a port number from 1 to 65535"),
-    }
-}
 
 /// Parses a libpq `sslmode` value.
 pub(crate) fn parse_ssl_mode(raw: &str) -> Result<PgSslMode, &'static str> {
@@ -582,23 +540,20 @@ pub(crate) fn parse_ssl_mode(raw: &str) -> Result<PgSslMode, &'static str> {
 mod tests {
     use super::*;
 
-    fn lookup(vars: &'static [(&'static str, Option<&'static str>)]) -> impl Fn(&str) -> Raw {
-        move |name| match vars.iter().find(|(k, _)| *k == name) {
-            Some((_, Some(v))) => Raw::Value((*v).to_owned()),
-            Some((_, None)) => Raw::NotUnicode,
-            None => Raw::Missing,
-        }
-    }
-
     #[test]
     fn non_utf8_values_are_named_and_secrets_redacted() {
-        let err = LakebaseConfig::from_lookup(lookup(&[
-            ("PGHOST", None),
-            ("PGUSER", Some("app")),
-            ("PGPASSWORD", None),
-        ]))
-        .unwrap_err()
-        .to_string();
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+        let lookup = |name: &str| match name {
+            "PGHOST" | "PGPASSWORD" => Some(OsString::from_vec(vec![b'x', 0xff])),
+            "PGUSER" => Some(OsString::from("app")),
+            _ => None,
+        };
+        let mut env = Env::from_os(lookup);
+        assert!(LakebaseConfig::read(&mut env).is_none());
+        let err = LakebaseConfig::from_reader(Env::from_os(lookup))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("PGHOST=\"<not valid UTF-8>\""), "{err}");
         assert!(
             err.contains("PGPASSWORD=\"<redacted>\": expected valid UTF-8"),

@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use crate::error::{ConfigError, ConfigProblem, Error, Result};
+use appkit_env::{Problem, Problems, Shown};
+
+use crate::error::{Error, Result};
 
 /// How long an HTTP call to the Databricks workspace may take.
 const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -202,27 +204,28 @@ impl DatabricksOAuthConfig {
     ) -> Result<Self> {
         let (client_id, client_secret) = (client_id.into(), client_secret.into());
         let instance_name = instance_name.into();
-        let mut problems = Vec::new();
+        let mut problems = Problems::new();
         let host = normalize_workspace_host(workspace_host)
             .map_err(|expected| {
-                let value = Some(workspace_host.to_owned());
-                problems.push(ConfigProblem::new("workspace_host", value, expected));
+                problems.push(Problem::invalid(
+                    "workspace_host",
+                    workspace_host,
+                    Shown::Url,
+                    expected,
+                ));
             })
             .unwrap_or_default();
-        for (name, value) in [("client_id", &client_id), ("instance_name", &instance_name)] {
+        for (name, value) in [
+            ("client_id", &client_id),
+            ("client_secret", &client_secret),
+            ("instance_name", &instance_name),
+        ] {
             if value.is_empty() {
-                problems.push(ConfigProblem::new(name, None, "a non-empty value"));
+                problems.push(Problem::missing(name, "a non-empty value"));
             }
         }
-        if client_secret.is_empty() {
-            problems.push(ConfigProblem::new(
-                "client_secret",
-                None,
-                "a non-empty value",
-            ));
-        }
         if !problems.is_empty() {
-            return Err(ConfigError::new(problems).into());
+            return Err(problems.into());
         }
         Ok(Self {
             workspace_host: host,
@@ -268,11 +271,9 @@ pub(crate) fn normalize_workspace_host(raw: &str) -> std::result::Result<String,
     } else {
         format!("https://{raw}")
     };
-    match reqwest::Url::parse(&with_scheme) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {
-            Ok(with_scheme.trim_end_matches('/').to_owned())
-        }
-        _ => Err(EXPECTED),
+    match appkit_env::parse_url(&with_scheme, &["http", "https"]) {
+        Ok(_) => Ok(with_scheme.trim_end_matches('/').to_owned()),
+        Err(_) => Err(EXPECTED),
     }
 }
 
@@ -448,92 +449,13 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// Parses an RFC 3339 timestamp (`2025-01-31T12:00:00.123Z`, `…+02:00`).
+/// Parses an RFC 3339 timestamp (`2025-01-31T12:00:00.123Z`, `…+02:00`) with `jiff`; a
+/// time before 1970 is refused (no credential expires then).
 pub(crate) fn parse_rfc3339(s: &str) -> Option<SystemTime> {
-    let b = s.as_bytes();
-    let num = |from: usize, to: usize| -> Option<i64> {
-        let digits = s.get(from..to)?;
-        digits.bytes().try_fold(0i64, |acc, c| {
-            c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
-        })
-    };
-    let separators_ok = b.len() >= 20
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && matches!(b[10], b'T' | b't' | b' ')
-        && b[13] == b':'
-        && b[16] == b':';
-    if !separators_ok {
-        return None;
-    }
-    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
-    let (hour, minute, second) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
-    let valid = (1..=12).contains(&month)
-        && (1..=days_in_month(year, month)).contains(&day)
-        && hour < 24
-        && minute < 60
-        && second <= 60;
-    if !valid {
-        return None;
-    }
-    let mut rest = &s[19..];
-    let mut nanos = 0u32;
-    if let Some(fraction) = rest.strip_prefix('.') {
-        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        for (i, c) in fraction.bytes().take(digits.min(9)).enumerate() {
-            nanos += u32::from(c - b'0') * 10u32.pow(8 - u32::try_from(i).ok()?);
-        }
-        rest = &fraction[digits..];
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ => {
-            let (sign, hm) = match rest.as_bytes().first()? {
-                b'+' => (1, &rest[1..]),
-                b'-' => (-1, &rest[1..]),
-                _ => return None,
-            };
-            let hm = hm.as_bytes();
-            if hm.len() != 5 || hm[2] != b':' {
-                return None;
-            }
-            let part = |i: usize| i64::from(hm[i] - b'0') * 10 + i64::from(hm[i + 1] - b'0');
-            if !hm
-                .iter()
-                .enumerate()
-                .all(|(i, c)| i == 2 || c.is_ascii_digit())
-            {
-                return None;
-            }
-            sign * (part(0) * 3600 + part(3) * 60)
-        }
-    };
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second.min(59) - offset;
-    Some(UNIX_EPOCH + Duration::new(u64::try_from(secs).ok()?, nanos))
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let timestamp: jiff::Timestamp = s.parse().ok()?;
+    SystemTime::try_from(timestamp)
+        .ok()
+        .filter(|t| *t >= UNIX_EPOCH)
 }
 
 #[cfg(test)]
@@ -570,13 +492,17 @@ mod tests {
             "2025-02-29T00:00:00Z",
             "2025-01-31T24:00:00Z",
             "2025-01-31T12:00:00.Z",
-            "2025-01-31T12:00:00+0200",
             "2025-01-31T12:00:00+ab:00",
             "1969-12-31T23:59:59Z",
             "2025-01-31T12:00:00Zjunk",
         ] {
             assert!(parse_rfc3339(bad).is_none(), "{bad:?} should not parse");
         }
+        // jiff also takes ISO 8601's offset without a colon; it means the same instant.
+        assert_eq!(
+            parse_rfc3339("2025-01-31T14:00:00+0200"),
+            parse_rfc3339("2025-01-31T12:00:00Z")
+        );
     }
 
     #[test]

@@ -1,6 +1,5 @@
 //! Types for working with errors.
 
-use std::fmt;
 use std::time::Duration;
 
 /// A boxed error from a credential source, kept as the `source()` of [`Error::Credential`].
@@ -62,89 +61,14 @@ impl Error {
     }
 }
 
-/// One problem found while parsing the configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigProblem {
-    variable: String,
-    value: Option<String>,
-    expected: String,
-}
+/// One problem found while reading the configuration (the [`appkit_env`] type every
+/// AppKit crate reports with): the variable (or URL part, e.g. `url port`), its value
+/// (secrets redacted) and the expected form.
+pub use appkit_env::Problem as ConfigProblem;
 
-impl ConfigProblem {
-    /// Records that `variable` had `value` (`None` when unset; already redacted when secret)
-    /// and what was expected instead.
-    pub(crate) fn new(
-        variable: impl Into<String>,
-        value: Option<String>,
-        expected: impl Into<String>,
-    ) -> Self {
-        Self {
-            variable: variable.into(),
-            value,
-            expected: expected.into(),
-        }
-    }
-
-    /// The variable (or URL part) the problem is about, e.g. `PGPORT`.
-    pub fn variable(&self) -> &str {
-        &self.variable
-    }
-
-    /// The value found (redacted for secrets), or `None` when it was not set.
-    pub fn value(&self) -> Option<&str> {
-        self.value.as_deref()
-    }
-
-    /// The form the value should have.
-    pub fn expected(&self) -> &str {
-        &self.expected
-    }
-}
-
-impl fmt::Display for ConfigProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.value {
-            Some(value) => write!(f, "{}={value:?}: expected {}", self.variable, self.expected),
-            None => write!(
-                f,
-                "{} is not set: expected {}",
-                self.variable, self.expected
-            ),
-        }
-    }
-}
-
-/// Every problem found in a configuration, reported together.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    problems: Vec<ConfigProblem>,
-}
-
-impl ConfigError {
-    pub(crate) fn new(problems: Vec<ConfigProblem>) -> Self {
-        Self { problems }
-    }
-
-    /// The problems, in the order they were found.
-    pub fn problems(&self) -> &[ConfigProblem] {
-        &self.problems
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("invalid lakebase configuration: ")?;
-        for (i, problem) in self.problems.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            write!(f, "{problem}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigError {}
+/// Every problem found in a configuration, reported together (the [`appkit_env`] type
+/// every AppKit crate reports with).
+pub use appkit_env::Problems as ConfigError;
 
 /// Formats an error and its sources as `outer: inner: innermost`, for logs.
 pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {

@@ -60,11 +60,14 @@ fn every_bad_variable_is_named_with_its_value() {
 
 #[test]
 fn pgport_abc_is_an_error_never_5432() {
-    for bad in ["abc", "0", "65536", "-1", " 5432", "5432x"] {
+    for bad in ["abc", "0", "65536", "-1", "5 432", "5432x"] {
         let err = parse(&[("PGPASSWORD", "pw"), ("PGPORT", bad)]).unwrap_err();
         assert_eq!(problems(err), [("PGPORT".to_owned(), Some(bad.to_owned()))]);
     }
     let config = parse(&[("PGPASSWORD", "pw"), ("PGPORT", "6543")]).unwrap();
+    assert_eq!(config.port(), 6543);
+    // Surrounding whitespace is ignored, as for every AppKit variable (appkit-env's rule).
+    let config = parse(&[("PGPASSWORD", "pw"), ("PGPORT", " 6543 ")]).unwrap();
     assert_eq!(config.port(), 6543);
     assert_eq!(parse(&[("PGPASSWORD", "pw")]).unwrap().port(), 5432);
 }
@@ -221,4 +224,181 @@ fn secrets_never_appear_in_errors_or_debug_output() {
     assert!(!format!("{good:?}").contains(secret));
     let url = LakebaseConfig::from_url(&format!("postgres://u:{secret}@h:abc/db")).unwrap_err();
     assert!(!format!("{url} {url:?}").contains(secret), "{url}");
+}
+
+/// Property tests: any value of any variable either parses to the documented value or
+/// fails with problems that all name that variable; secrets never appear; never a panic.
+mod generated {
+    use appkit_lakebase::{CredentialKind, Error, LakebaseConfig};
+    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    use proptest::prelude::*;
+    use proptest::sample::select;
+
+    const PASSWORD_BASE: [(&str, &str); 3] =
+        [("PGHOST", "db"), ("PGUSER", "app"), ("PGPASSWORD", "pw")];
+    const OAUTH_BASE: [(&str, &str); 6] = [
+        ("PGHOST", "db"),
+        ("PGUSER", "app"),
+        ("DATABRICKS_HOST", "https://w.example.com"),
+        ("DATABRICKS_CLIENT_ID", "sp"),
+        ("DATABRICKS_CLIENT_SECRET", "s3cret"),
+        ("LAKEBASE_INSTANCE_NAME", "inst"),
+    ];
+    const VARIABLES: [&str; 11] = [
+        "PGHOST",
+        "PGPORT",
+        "PGDATABASE",
+        "PGUSER",
+        "PGSSLMODE",
+        "PGAPPNAME",
+        "PGPASSWORD",
+        "DATABRICKS_HOST",
+        "DATABRICKS_CLIENT_ID",
+        "DATABRICKS_CLIENT_SECRET",
+        "LAKEBASE_INSTANCE_NAME",
+    ];
+    const SECRETS: [&str; 2] = ["PGPASSWORD", "DATABRICKS_CLIENT_SECRET"];
+
+    fn values() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "\\PC{0,16}",
+            "[ \t]{0,2}[+-]?[0-9]{0,22}[ \t]{0,2}",
+            any::<i64>().prop_map(|n| n.to_string()),
+            "(disable|allow|prefer|require|verify-ca|verify-full|REQUIRE|on)",
+            "(https?|ftp)://[a-z:@%0-9]{0,12}(/[a-z]{0,4})?",
+            "[a-z0-9.-]{1,12}",
+            Just(String::new()),
+            Just("  ".to_owned()),
+        ]
+    }
+
+    fn read(
+        base: &[(&'static str, &'static str)],
+        var: &str,
+        value: &str,
+    ) -> Result<LakebaseConfig, Error> {
+        let vars = base
+            .iter()
+            .filter(|(k, _)| *k != var)
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .chain([(var.to_owned(), value.to_owned())]);
+        LakebaseConfig::from_vars(vars)
+    }
+
+    fn whole(value: &str) -> Option<u16> {
+        let v = value.trim();
+        let digits = v.strip_prefix('+').unwrap_or(v);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n = digits.bytes().try_fold(0u32, |acc, b| {
+            acc.checked_mul(10)?.checked_add(u32::from(b - b'0'))
+        })?;
+        u16::try_from(n).ok().filter(|n| *n > 0)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn every_variable_parses_or_names_itself(
+            var in select(VARIABLES.to_vec()),
+            value in values(),
+            oauth in any::<bool>(),
+        ) {
+            let base: &[(&str, &str)] = if oauth { &OAUTH_BASE } else { &PASSWORD_BASE };
+            match read(base, var, &value) {
+                Ok(config) => {
+                    let v = value.trim();
+                    match var {
+                        "PGPORT" if !v.is_empty() => prop_assert_eq!(Some(config.port()), whole(&value)),
+                        "PGPORT" => prop_assert_eq!(config.port(), 5432),
+                        "PGHOST" => prop_assert_eq!(config.host(), v),
+                        "PGUSER" => prop_assert_eq!(config.user(), v),
+                        "PGDATABASE" => prop_assert_eq!(config.database(), Some(v).filter(|v| !v.is_empty())),
+                        "PGAPPNAME" => prop_assert_eq!(config.application_name(), Some(v).filter(|v| !v.is_empty())),
+                        "PGPASSWORD" if !v.is_empty() => prop_assert_eq!(config.credentials().kind(), CredentialKind::Password),
+                        _ => {}
+                    }
+                }
+                Err(err) => {
+                    let Error::Config(problems) = &err else {
+                        panic!("not a config error: {err:?}");
+                    };
+                    let text = err.to_string();
+                    prop_assert!(text.contains(var), "{}", text);
+                    for p in problems.problems() {
+                        prop_assert_eq!(p.variable(), var, "{}", text);
+                    }
+                    if SECRETS.contains(&var) && value.len() >= 4 {
+                        prop_assert!(!format!("{text} {err:?}").contains(&value), "{}", text);
+                    }
+                    if var == "PGPORT" {
+                        prop_assert_eq!(whole(&value), None, "{}", text);
+                    }
+                }
+            }
+        }
+
+        /// Well-formed URLs with any user, password, host and database (percent-encoded)
+        /// give back exactly those values.
+        #[test]
+        fn postgres_urls_round_trip(
+            scheme in "(postgres|postgresql)",
+            user in "\\PC{1,12}",
+            password in proptest::option::of("\\PC{1,16}"),
+            host in "[a-z][a-z0-9.-]{0,12}",
+            port in proptest::option::of(1u16..),
+            // `.` and `..` are path dot-segments to a URL parser: no database can be named so.
+            database in proptest::option::of("\\PC{1,12}".prop_filter("dot segment", |d| d != "." && d != "..")),
+        ) {
+            let enc = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
+            let mut url = format!("{scheme}://{}", enc(&user));
+            if let Some(pw) = &password {
+                url += &format!(":{}", enc(pw));
+            }
+            url += &format!("@{host}");
+            if let Some(port) = port {
+                url += &format!(":{port}");
+            }
+            if let Some(db) = &database {
+                url += &format!("/{}", enc(db));
+            }
+            let config = LakebaseConfig::from_url(&url).unwrap();
+            prop_assert_eq!(config.user(), user.as_str());
+            prop_assert_eq!(config.host(), host.as_str());
+            prop_assert_eq!(config.port(), port.unwrap_or(5432));
+            prop_assert_eq!(config.database(), database.as_deref());
+            let kind = if password.is_some() { CredentialKind::Password } else { CredentialKind::None };
+            prop_assert_eq!(config.credentials().kind(), kind);
+            let debug = format!("{config:?}");
+            if let Some(pw) = &password {
+                prop_assert!(!debug.contains(&format!(":{}@", enc(pw))), "{}", debug);
+            }
+        }
+
+        /// Malformed URLs never panic, and their password never appears, written plainly
+        /// or percent-encoded.
+        #[test]
+        fn bad_postgres_urls_never_show_the_password(
+            scheme in "(postgres|postgresql|mysql|http|)",
+            // Not all digits: `scheme://u:1234` is a host and a port to any URL parser.
+            password in "[A-Za-z][A-Za-z0-9]{3}\\PC{0,12}",
+            encode in any::<bool>(),
+            rest in "(@|@h:|@h:x|@h:0|@h:99999|@h/db\\?sslmode=x|@h/db\\?x=1|@/db|@h/%FF|@\\[::1|)",
+        ) {
+            let shown = if encode {
+                utf8_percent_encode(&password, NON_ALPHANUMERIC).to_string()
+            } else {
+                password.clone()
+            };
+            let url = format!("{scheme}://u:{shown}{rest}");
+            if let Err(err) = LakebaseConfig::from_url(&url) {
+                let text = format!("{err} {err:?}");
+                prop_assert!(!text.contains(&password), "{}", text);
+                prop_assert!(!text.contains(&shown), "{}", text);
+            }
+        }
+    }
 }

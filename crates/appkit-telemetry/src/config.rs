@@ -6,7 +6,7 @@
 //! | --- | --- | --- |
 //! | `RUST_LOG` | log/span filter (`tracing_subscriber::EnvFilter` syntax) | `info,opentelemetry=warn` |
 //! | `APPKIT_ENV` | `production` → JSON logs, `development` → human-readable logs | `production` when `DATABRICKS_APP_NAME` is set, else `development` |
-//! | `OTEL_SDK_DISABLED` | `true` turns every exporter off | `false` |
+//! | `OTEL_SDK_DISABLED` | `true` (or `1`) turns every exporter off | `false` |
 //! | `OTEL_SERVICE_NAME` | `service.name` resource attribute | see below |
 //! | `OTEL_RESOURCE_ATTRIBUTES` | extra resource attributes, `key=value,key2=value2` (values percent-decoded) | none |
 //! | `DATABRICKS_APP_NAME` | service name when `OTEL_SERVICE_NAME` and `service.name` are absent; JSON logs when `APPKIT_ENV` is unset | — |
@@ -26,9 +26,15 @@
 //! `OTEL_RESOURCE_ATTRIBUTES`, else `DATABRICKS_APP_NAME`, else the executable's file name.
 //! A signal is exported only when its own endpoint or the base endpoint is set; with no
 //! endpoint at all nothing is exported and no exporter thread is started.
+//!
+//! Values follow [`appkit_env`]'s rules, as every AppKit variable does: empty counts as
+//! unset, booleans are `true`/`false` (any case) or `1`/`0`, durations whole milliseconds,
+//! and every bad variable is reported at once.
 
 use std::fmt;
 use std::time::Duration;
+
+use appkit_env::{Env, Shown};
 
 /// Default log filter when `RUST_LOG` is unset (the OTel SDK's own chatter only from warn up).
 pub const DEFAULT_LOG_FILTER: &str = "info,opentelemetry=warn";
@@ -187,7 +193,9 @@ impl TelemetryConfig {
     /// Returns one [`ConfigError`] listing every malformed variable, with its value
     /// (redacted for headers) and the expected form.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        let mut env = Env::process();
+        let config = Self::read(&mut env);
+        env.finish(config)
     }
 
     /// Parses the configuration from any variable lookup (a variable's value, or `None`
@@ -207,18 +215,16 @@ impl TelemetryConfig {
     /// assert!(err.to_string().contains("OTEL_TRACES_SAMPLER"));
     /// ```
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let mut p = Parser {
-            get: &get,
-            problems: Vec::new(),
-        };
-        let config = p.config();
-        if p.problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError {
-                problems: p.problems,
-            })
-        }
+        let mut env = Env::new(get);
+        let config = Self::read(&mut env);
+        env.finish(config)
+    }
+
+    /// Reads the configuration through `env`, which records every problem (so a host can
+    /// read its own variables through the same [`Env`] and report all problems at once).
+    /// Where a variable is bad the configuration holds its default.
+    pub fn read(env: &mut Env<'_>) -> Self {
+        Parser { env }.config()
     }
 
     /// Sets the stdout log format.
@@ -330,76 +336,25 @@ fn signal_url(base: &str, path: &str, protocol: Protocol) -> String {
     }
 }
 
-/// Every problem found while parsing the telemetry configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    problems: Vec<ConfigProblem>,
+/// Every malformed variable found while reading the telemetry configuration (the
+/// [`appkit_env`] report: each names its variable, value, secrets redacted, and the
+/// expected form).
+pub use appkit_env::Problems as ConfigError;
+
+/// One malformed variable of a [`ConfigError`].
+pub use appkit_env::Problem as ConfigProblem;
+
+/// Reads the variables through an [`Env`], which collects the problems.
+struct Parser<'e, 'a> {
+    env: &'e mut Env<'a>,
 }
 
-/// One malformed variable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ConfigProblem {
-    /// The variable's name.
-    pub variable: &'static str,
-    /// The value it had (`<redacted>` for secrets).
-    pub value: String,
-    /// The expected form.
-    pub expected: String,
-}
-
-impl ConfigError {
-    /// The problems, in the order the variables were read.
-    pub fn problems(&self) -> &[ConfigProblem] {
-        &self.problems
-    }
-}
-
-impl fmt::Display for ConfigProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}={:?}: expected {}",
-            self.variable, self.value, self.expected
-        )
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, problem) in self.problems.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            write!(f, "{problem}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-struct Parser<'a> {
-    get: &'a dyn Fn(&str) -> Option<String>,
-    problems: Vec<ConfigProblem>,
-}
-
-impl Parser<'_> {
-    /// A variable's value; empty counts as unset, as the OTel spec says.
-    fn var(&self, name: &str) -> Option<String> {
-        (self.get)(name).filter(|v| !v.trim().is_empty())
-    }
-
-    fn problem(&mut self, variable: &'static str, value: &str, expected: impl Into<String>) {
-        self.problems.push(ConfigProblem {
-            variable,
-            value: value.to_owned(),
-            expected: expected.into(),
-        });
-    }
-
+impl Parser<'_, '_> {
     fn config(&mut self) -> TelemetryConfig {
-        let resource_attributes = self.key_values("OTEL_RESOURCE_ATTRIBUTES", false);
+        let resource_attributes = self
+            .env
+            .key_values("OTEL_RESOURCE_ATTRIBUTES", Shown::Plain)
+            .unwrap_or_default();
         let service_name = self.service_name(&resource_attributes);
         TelemetryConfig {
             service_name,
@@ -412,97 +367,92 @@ impl Parser<'_> {
         }
     }
 
-    fn service_name(&self, resource_attributes: &[(String, String)]) -> String {
-        self.var("OTEL_SERVICE_NAME")
+    fn service_name(&mut self, resource_attributes: &[(String, String)]) -> String {
+        self.env
+            .string("OTEL_SERVICE_NAME")
             .or_else(|| {
                 resource_attributes
                     .iter()
                     .find(|(k, _)| k == "service.name")
                     .map(|(_, v)| v.clone())
             })
-            .or_else(|| self.var("DATABRICKS_APP_NAME"))
+            .or_else(|| self.env.string("DATABRICKS_APP_NAME"))
             .unwrap_or_else(binary_name)
     }
 
     fn log_format(&mut self) -> LogFormat {
-        match self.var("APPKIT_ENV").as_deref().map(str::trim) {
+        let choices = [
+            ("development", LogFormat::Pretty),
+            ("production", LogFormat::Json),
+        ];
+        match self.env.one_of("APPKIT_ENV", &choices) {
+            Some(format) => format,
             // Unset: production on Databricks Apps (as the host decides), else development.
-            None if self
-                .var("DATABRICKS_APP_NAME")
-                .is_some_and(|v| !v.trim().is_empty()) =>
-            {
+            None if !self.env.is_set("APPKIT_ENV") && self.env.is_set("DATABRICKS_APP_NAME") => {
                 LogFormat::Json
             }
-            None | Some("development") => LogFormat::Pretty,
-            Some("production") => LogFormat::Json,
-            Some(other) => {
-                let other = other.to_owned();
-                self.problem("APPKIT_ENV", &other, "`development` or `production`");
-                LogFormat::Pretty
-            }
+            None => LogFormat::Pretty,
         }
     }
 
     fn log_filter(&mut self) -> String {
-        let Some(filter) = self.var("RUST_LOG") else {
-            return DEFAULT_LOG_FILTER.to_owned();
-        };
-        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&filter) {
-            self.problem(
-                "RUST_LOG",
-                &filter,
-                format!(
-                    "comma-separated `target=level` directives, e.g. `info,taskflow=debug` ({e})"
-                ),
-            );
-        }
-        filter
+        self.env
+            .parse("RUST_LOG", |filter| {
+                match tracing_subscriber::EnvFilter::builder().parse(filter) {
+                    Ok(_) => Ok(filter.to_owned()),
+                    Err(e) => Err(format!(
+                        "comma-separated `target=level` directives, e.g. `info,taskflow=debug` ({e})"
+                    )),
+                }
+            })
+            .unwrap_or_else(|| DEFAULT_LOG_FILTER.to_owned())
     }
 
     fn sampler(&mut self) -> Sampler {
-        const EXPECTED: &str = "one of `parentbased_always_on`, `parentbased_always_off`, \
-             `parentbased_traceidratio`, `always_on`, `always_off`, `traceidratio`";
-        let Some(name) = self.var("OTEL_TRACES_SAMPLER") else {
-            return Sampler::default();
-        };
-        match name.trim() {
-            "always_on" => Sampler::AlwaysOn,
-            "always_off" => Sampler::AlwaysOff,
-            "traceidratio" => Sampler::TraceIdRatio(self.sampler_ratio()),
-            "parentbased_always_on" => Sampler::ParentBasedAlwaysOn,
-            "parentbased_always_off" => Sampler::ParentBasedAlwaysOff,
-            "parentbased_traceidratio" => Sampler::ParentBasedTraceIdRatio(self.sampler_ratio()),
-            _ => {
-                self.problem("OTEL_TRACES_SAMPLER", &name, EXPECTED);
-                Sampler::default()
-            }
+        #[derive(Clone, Copy)]
+        enum Kind {
+            On,
+            Off,
+            Ratio,
+            ParentOn,
+            ParentOff,
+            ParentRatio,
+        }
+        let choices = [
+            ("parentbased_always_on", Kind::ParentOn),
+            ("parentbased_always_off", Kind::ParentOff),
+            ("parentbased_traceidratio", Kind::ParentRatio),
+            ("always_on", Kind::On),
+            ("always_off", Kind::Off),
+            ("traceidratio", Kind::Ratio),
+        ];
+        match self.env.one_of("OTEL_TRACES_SAMPLER", &choices) {
+            None => Sampler::default(),
+            Some(Kind::On) => Sampler::AlwaysOn,
+            Some(Kind::Off) => Sampler::AlwaysOff,
+            Some(Kind::Ratio) => Sampler::TraceIdRatio(self.sampler_ratio()),
+            Some(Kind::ParentOn) => Sampler::ParentBasedAlwaysOn,
+            Some(Kind::ParentOff) => Sampler::ParentBasedAlwaysOff,
+            Some(Kind::ParentRatio) => Sampler::ParentBasedTraceIdRatio(self.sampler_ratio()),
         }
     }
 
     fn sampler_ratio(&mut self) -> f64 {
-        let Some(arg) = self.var("OTEL_TRACES_SAMPLER_ARG") else {
-            return 1.0;
-        };
-        match arg.trim().parse::<f64>() {
-            Ok(ratio) if (0.0..=1.0).contains(&ratio) => ratio,
-            _ => {
-                self.problem(
-                    "OTEL_TRACES_SAMPLER_ARG",
-                    &arg,
-                    "a number from 0 to 1, e.g. `0.25`",
-                );
-                1.0
-            }
-        }
+        self.env
+            .parse("OTEL_TRACES_SAMPLER_ARG", |arg| match arg.parse::<f64>() {
+                Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+                _ => Err("a number from 0 to 1, e.g. `0.25`".to_owned()),
+            })
+            .unwrap_or(1.0)
     }
 
     fn otlp(&mut self) -> Option<OtlpConfig> {
-        let disabled = self.bool("OTEL_SDK_DISABLED");
+        let disabled = self.env.bool("OTEL_SDK_DISABLED").unwrap_or(false);
         let base = self.endpoint("OTEL_EXPORTER_OTLP_ENDPOINT");
         let protocol = self
             .protocol("OTEL_EXPORTER_OTLP_PROTOCOL")
             .unwrap_or_default();
-        let headers = self.key_values("OTEL_EXPORTER_OTLP_HEADERS", true);
+        let headers = self.headers("OTEL_EXPORTER_OTLP_HEADERS");
         let config = OtlpConfig {
             traces: self.signal(0, base.as_deref(), protocol, &headers),
             metrics: self.signal(1, base.as_deref(), protocol, &headers),
@@ -528,10 +478,13 @@ impl Parser<'_> {
     ) -> Option<SignalExport> {
         let (signal, path) = SIGNALS[index];
         let vars = signal_vars(signal);
-        let enabled = self.exporter_enabled(vars.exporter);
+        let enabled = self
+            .env
+            .one_of(vars.exporter, &[("otlp", true), ("none", false)])
+            .unwrap_or(true);
         let own_endpoint = self.endpoint(vars.endpoint);
         let protocol = self.protocol(vars.protocol).unwrap_or(protocol);
-        let mut own_headers = self.key_values(vars.headers, true);
+        let mut own_headers = self.headers(vars.headers);
         let endpoint = match (own_endpoint, base) {
             (Some(own), _) => own,
             (None, Some(base)) => signal_url(base, path, protocol),
@@ -547,91 +500,30 @@ impl Parser<'_> {
         })
     }
 
-    fn exporter_enabled(&mut self, name: &'static str) -> bool {
-        match self.var(name).as_deref().map(str::trim) {
-            None | Some("otlp") => true,
-            Some("none") => false,
-            Some(other) => {
-                let other = other.to_owned();
-                self.problem(name, &other, "`otlp` or `none`");
-                true
-            }
-        }
-    }
-
+    /// An http(s) URL, kept as written (a gRPC endpoint is used as-is).
     fn endpoint(&mut self, name: &'static str) -> Option<String> {
-        let value = self.var(name)?;
-        let value = value.trim().to_owned();
-        let valid = value.parse::<http::Uri>().ok().filter(|uri| {
-            matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some()
-        });
-        if valid.is_none() {
-            self.problem(
-                name,
-                &value,
-                "an absolute http:// or https:// URL, e.g. `http://localhost:4318`",
-            );
-            return None;
-        }
-        Some(value)
+        self.env.parse_shown(name, Shown::Url, |value| {
+            appkit_env::parse_url(value, &["http", "https"]).map(|_| value.to_owned())
+        })
     }
 
     fn protocol(&mut self, name: &'static str) -> Option<Protocol> {
-        let value = self.var(name)?;
-        match value.trim() {
-            "http/protobuf" => Some(Protocol::HttpProtobuf),
-            "grpc" => Some(Protocol::Grpc),
-            _ => {
-                self.problem(name, &value, "`http/protobuf` or `grpc`");
-                None
-            }
-        }
+        self.env.one_of(
+            name,
+            &[
+                ("http/protobuf", Protocol::HttpProtobuf),
+                ("grpc", Protocol::Grpc),
+            ],
+        )
     }
 
-    fn bool(&mut self, name: &'static str) -> bool {
-        let Some(value) = self.var(name) else {
-            return false;
-        };
-        match value.trim().to_ascii_lowercase().as_str() {
-            "true" => true,
-            "false" => false,
-            _ => {
-                self.problem(name, &value, "`true` or `false`");
-                false
-            }
-        }
+    /// Request headers: often credentials, so redacted in problems.
+    fn headers(&mut self, name: &'static str) -> Vec<(String, String)> {
+        self.env.key_values(name, Shown::Secret).unwrap_or_default()
     }
 
     fn millis(&mut self, name: &'static str, default: Duration) -> Duration {
-        let Some(value) = self.var(name) else {
-            return default;
-        };
-        match value.trim().parse::<u64>() {
-            Ok(ms) => Duration::from_millis(ms),
-            Err(_) => {
-                self.problem(name, &value, "a whole number of milliseconds, e.g. `5000`");
-                default
-            }
-        }
-    }
-
-    /// Parses `key=value,key2=value2` with percent-decoded values.
-    fn key_values(&mut self, name: &'static str, secret: bool) -> Vec<(String, String)> {
-        let Some(value) = self.var(name) else {
-            return Vec::new();
-        };
-        match parse_key_values(&value) {
-            Some(pairs) => pairs,
-            None => {
-                let shown = if secret { "<redacted>" } else { value.as_str() };
-                self.problem(
-                    name,
-                    shown,
-                    "comma-separated `key=value` pairs with non-empty keys and percent-encoded values, e.g. `k1=v1,k2=v2`",
-                );
-                Vec::new()
-            }
-        }
+        self.env.millis(name, 0).unwrap_or(default)
     }
 }
 
@@ -663,38 +555,6 @@ fn signal_vars(signal: &str) -> SignalVars {
             exporter: "OTEL_LOGS_EXPORTER",
         },
     }
-}
-
-fn parse_key_values(input: &str) -> Option<Vec<(String, String)>> {
-    input
-        .split(',')
-        .filter(|item| !item.trim().is_empty())
-        .map(|item| {
-            let (key, value) = item.split_once('=')?;
-            let key = key.trim();
-            if key.is_empty() {
-                return None;
-            }
-            Some((key.to_owned(), percent_decode(value.trim())?))
-        })
-        .collect()
-}
-
-fn percent_decode(input: &str) -> Option<String> {
-    let bytes = input.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = input.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// The executable's file name, the last-resort service name.

@@ -1,16 +1,18 @@
 //! Host configuration, read once from the environment.
 //!
-//! Only this module reads environment variables. [`Config::from_env`] collects every
-//! problem before it fails and returns one [`ConfigError`] that names each variable, the
-//! value it got and the form it expects. A malformed value is always an error, never a
-//! silent default. The variables are listed in `docs/configuration.md`; a unit test keeps
-//! that table and this module in step.
+//! Only this module reads environment variables, through an [`appkit_env::Env`], as the
+//! telemetry and Lakebase configurations do: [`Config::from_env`] collects every problem
+//! before it fails and returns one [`ConfigError`] that names each variable, the value it
+//! got (secrets and URL passwords redacted) and the form it expects. A malformed value is
+//! always an error, never a silent default; an empty value counts as unset. The variables
+//! are listed in `docs/configuration.md`; a unit test keeps that table and this module in
+//! step.
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use appkit_env::{Env, Problem, Shown};
 use appkit_lakebase::LakebaseConfig;
 use taskflow::RateLimit;
 
@@ -222,33 +224,14 @@ impl Default for Config {
     }
 }
 
-/// One variable that did not parse.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigProblem {
-    /// The variable's name.
-    pub variable: &'static str,
-    /// The value it had.
-    pub value: String,
-    /// The form it should have.
-    pub expected: String,
-}
+/// One variable that did not parse: its name, its value as it may be shown and the form
+/// it should have (the [`appkit_env`] type every AppKit crate reports with).
+pub use appkit_env::Problem as ConfigProblem;
 
-/// Every configuration problem found, one per variable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigError {
-    /// The problems, in the order the variables were read.
-    pub problems: Vec<ConfigProblem>,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid configuration")?;
-        for p in &self.problems {
-            write!(f, "; {}={:?}: expected {}", p.variable, p.value, p.expected)?;
-        }
-        Ok(())
-    }
-}
+/// Every configuration problem found, host, telemetry and Lakebase alike, in the order the
+/// variables were read; its message names each variable (the [`appkit_env`] type every
+/// AppKit crate reports with).
+pub use appkit_env::Problems as ConfigError;
 
 impl Config {
     /// Reads the configuration from the process environment.
@@ -256,9 +239,10 @@ impl Config {
     /// # Errors
     ///
     /// A [`ConfigError`] naming every variable with a bad value.
-    #[allow(clippy::disallowed_methods)] // the one place that reads the environment
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        let mut vars = Env::process();
+        let config = Self::read(&mut vars);
+        vars.finish(config)
     }
 
     /// Reads the configuration through `lookup` (a variable's value, or `None` if unset).
@@ -276,102 +260,114 @@ impl Config {
     /// assert!(err.to_string().contains("APPKIT_SSE_KEEPALIVE_MS"));
     /// ```
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let mut r = Reader {
-            lookup: &lookup,
-            problems: Vec::new(),
-        };
+        let mut vars = Env::new(lookup);
+        let config = Self::read(&mut vars);
+        vars.finish(config)
+    }
+
+    /// Reads the configuration through `vars`, which records every bad variable (so the
+    /// host's, telemetry's and Lakebase's problems can be reported together). Where a
+    /// variable is bad, the configuration holds its default.
+    pub fn read(vars: &mut Env<'_>) -> Self {
         let d = Self::default();
-        let port = match r.get("DATABRICKS_APP_PORT") {
-            Some(v) => r.parse("DATABRICKS_APP_PORT", &v, parse_port, d.port),
-            None => r.value("PORT", parse_port, d.port),
-        };
-        let taskflow = TaskflowSettings {
-            lease: r.value("TASKFLOW_LEASE_MS", positive_ms, d.taskflow.lease),
-            drain_timeout: r.value("TASKFLOW_DRAIN_TIMEOUT_MS", ms, d.taskflow.drain_timeout),
-            poll_interval: r.value(
-                "TASKFLOW_POLL_INTERVAL_MS",
-                positive_ms,
-                d.taskflow.poll_interval,
-            ),
-            stop_grace: r.value("TASKFLOW_STOP_GRACE_MS", ms, d.taskflow.stop_grace),
-            retry_base: r.value("TASKFLOW_RETRY_BASE_MS", positive_ms, d.taskflow.retry_base),
-            retry_cap: r.value("TASKFLOW_RETRY_CAP_MS", positive_ms, d.taskflow.retry_cap),
-            reap_interval: r.value(
-                "TASKFLOW_REAP_INTERVAL_MS",
-                positive_ms,
-                d.taskflow.reap_interval,
-            ),
-            max_recoveries: r.value(
-                "TASKFLOW_MAX_RECOVERIES",
-                parse_count,
-                d.taskflow.max_recoveries,
-            ),
-        };
-        let tasks_store = r.store(d.tasks_store);
-        let tasks_schema = r.value("APPKIT_TASKS_SCHEMA", parse_schema, None);
-        if tasks_schema.is_some() && matches!(tasks_store, TasksStore::Sqlite(_)) {
-            r.problem(
-                "APPKIT_TASKS_SCHEMA",
-                tasks_schema.clone().unwrap_or_default(),
-                "unset with a `sqlite://` task store (a schema needs `postgres://…` or `lakebase`)",
-            );
+        let port = if vars.is_set("DATABRICKS_APP_PORT") {
+            vars.port("DATABRICKS_APP_PORT", 0)
+        } else {
+            vars.port("PORT", 0)
         }
-        let lakebase = r.lakebase(matches!(tasks_store, TasksStore::Lakebase));
-        let app_name = r
-            .get("DATABRICKS_APP_NAME")
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty());
-        let (env, env_source) = match r.get("APPKIT_ENV") {
-            Some(v) => (
-                r.parse("APPKIT_ENV", &v, parse_env, d.env),
-                EnvironmentSource::Explicit,
-            ),
+        .unwrap_or(d.port);
+        let t = d.taskflow;
+        let taskflow = TaskflowSettings {
+            lease: vars.millis("TASKFLOW_LEASE_MS", 1).unwrap_or(t.lease),
+            drain_timeout: vars
+                .millis("TASKFLOW_DRAIN_TIMEOUT_MS", 0)
+                .unwrap_or(t.drain_timeout),
+            poll_interval: vars
+                .millis("TASKFLOW_POLL_INTERVAL_MS", 1)
+                .unwrap_or(t.poll_interval),
+            stop_grace: vars
+                .millis("TASKFLOW_STOP_GRACE_MS", 0)
+                .unwrap_or(t.stop_grace),
+            retry_base: vars
+                .millis("TASKFLOW_RETRY_BASE_MS", 1)
+                .unwrap_or(t.retry_base),
+            retry_cap: vars
+                .millis("TASKFLOW_RETRY_CAP_MS", 1)
+                .unwrap_or(t.retry_cap),
+            reap_interval: vars
+                .millis("TASKFLOW_REAP_INTERVAL_MS", 1)
+                .unwrap_or(t.reap_interval),
+            max_recoveries: vars
+                .number("TASKFLOW_MAX_RECOVERIES", 0)
+                .unwrap_or(t.max_recoveries),
+        };
+        let tasks_store = vars
+            .parse_shown("APPKIT_TASKS_STORE", Shown::Url, parse_store)
+            .unwrap_or(d.tasks_store);
+        let tasks_schema = vars.parse("APPKIT_TASKS_SCHEMA", parse_schema);
+        if let Some(schema) = &tasks_schema
+            && matches!(tasks_store, TasksStore::Sqlite(_))
+            && !vars.problems().names("APPKIT_TASKS_STORE")
+        {
+            vars.report(Problem::invalid(
+                "APPKIT_TASKS_SCHEMA",
+                schema,
+                Shown::Plain,
+                "unset with a `sqlite://` task store (a schema needs `postgres://…` or `lakebase`)",
+            ));
+        }
+        let lakebase = if matches!(tasks_store, TasksStore::Lakebase) || vars.is_set("PGHOST") {
+            LakebaseConfig::read(vars)
+        } else {
+            None
+        };
+        let app_name = vars.string("DATABRICKS_APP_NAME");
+        let environments = [
+            ("development", Environment::Development),
+            ("production", Environment::Production),
+        ];
+        let (env, env_source) = match vars.one_of("APPKIT_ENV", &environments) {
+            Some(env) => (env, EnvironmentSource::Explicit),
+            // Set but bad: reported; the default stands in while the rest is read.
+            None if vars.is_set("APPKIT_ENV") => (d.env, EnvironmentSource::Explicit),
             None if app_name.is_some() => {
                 (Environment::Production, EnvironmentSource::DatabricksApp)
             }
             None => (Environment::Development, EnvironmentSource::Default),
         };
-        let config = Self {
+        Self {
             port,
-            host: r.value("APPKIT_HOST", parse_host, d.host),
+            host: vars
+                .parse("APPKIT_HOST", |v| {
+                    v.parse()
+                        .map_err(|_| "an IP address such as 0.0.0.0 or 127.0.0.1".to_owned())
+                })
+                .unwrap_or(d.host),
             env,
             env_source,
             app_name,
             tasks_store,
             tasks_schema,
             lakebase,
-            sse_keepalive: r.value("APPKIT_SSE_KEEPALIVE_MS", positive_ms, d.sse_keepalive),
-            sse_write_timeout: r.value(
-                "APPKIT_SSE_WRITE_TIMEOUT_MS",
-                positive_ms,
-                d.sse_write_timeout,
-            ),
-            sse_disconnect_grace: r.value(
-                "APPKIT_SSE_DISCONNECT_GRACE_MS",
-                ms,
-                d.sse_disconnect_grace,
-            ),
-            shutdown_timeout: r.value(
-                "APPKIT_SHUTDOWN_TIMEOUT_MS",
-                positive_ms,
-                d.shutdown_timeout,
-            ),
-            trust_forwarded_user: r.value(
-                "APPKIT_TRUST_FORWARDED_USER",
-                |v| parse_bool(v).map(Some),
-                None,
-            ),
-            static_dir: r.value("APPKIT_STATIC_DIR", parse_dir, None),
-            max_body_bytes: r.value("APPKIT_MAX_BODY_BYTES", parse_bytes, d.max_body_bytes),
-            rate_limit_per_user: r.value("APPKIT_RATE_LIMIT_PER_USER", parse_rate, None),
+            sse_keepalive: vars
+                .millis("APPKIT_SSE_KEEPALIVE_MS", 1)
+                .unwrap_or(d.sse_keepalive),
+            sse_write_timeout: vars
+                .millis("APPKIT_SSE_WRITE_TIMEOUT_MS", 1)
+                .unwrap_or(d.sse_write_timeout),
+            sse_disconnect_grace: vars
+                .millis("APPKIT_SSE_DISCONNECT_GRACE_MS", 0)
+                .unwrap_or(d.sse_disconnect_grace),
+            shutdown_timeout: vars
+                .millis("APPKIT_SHUTDOWN_TIMEOUT_MS", 1)
+                .unwrap_or(d.shutdown_timeout),
+            trust_forwarded_user: vars.bool("APPKIT_TRUST_FORWARDED_USER"),
+            static_dir: vars.parse("APPKIT_STATIC_DIR", parse_dir),
+            max_body_bytes: vars
+                .bytes("APPKIT_MAX_BODY_BYTES")
+                .unwrap_or(d.max_body_bytes),
+            rate_limit_per_user: vars.parse("APPKIT_RATE_LIMIT_PER_USER", parse_rate),
             taskflow,
-        };
-        if r.problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError {
-                problems: r.problems,
-            })
         }
     }
 
@@ -435,109 +431,6 @@ impl Config {
 )]
 pub struct UntrustedIdentity;
 
-/// Collects problems while reading variables.
-struct Reader<'a> {
-    lookup: &'a dyn Fn(&str) -> Option<String>,
-    problems: Vec<ConfigProblem>,
-}
-
-type Parser<T> = fn(&str) -> Result<T, String>;
-
-impl Reader<'_> {
-    fn get(&self, name: &str) -> Option<String> {
-        (self.lookup)(name)
-    }
-
-    fn value<T>(&mut self, name: &'static str, parse: Parser<T>, default: T) -> T {
-        match self.get(name) {
-            Some(v) => self.parse(name, &v, parse, default),
-            None => default,
-        }
-    }
-
-    fn parse<T>(&mut self, name: &'static str, value: &str, parse: Parser<T>, default: T) -> T {
-        match parse(value.trim()) {
-            Ok(v) => v,
-            Err(expected) => {
-                self.problem(name, value.to_owned(), expected);
-                default
-            }
-        }
-    }
-
-    fn problem(&mut self, variable: &'static str, value: String, expected: impl Into<String>) {
-        self.problems.push(ConfigProblem {
-            variable,
-            value,
-            expected: expected.into(),
-        });
-    }
-
-    /// `APPKIT_TASKS_STORE`; a URL's password is redacted in the problem.
-    fn store(&mut self, default: TasksStore) -> TasksStore {
-        const NAME: &str = "APPKIT_TASKS_STORE";
-        let Some(value) = self.get(NAME) else {
-            return default;
-        };
-        match parse_store(value.trim()) {
-            Ok(store) => store,
-            Err(expected) => {
-                self.problem(NAME, redact_url_password(&value), expected);
-                default
-            }
-        }
-    }
-
-    /// The Lakebase pool's configuration, when `PGHOST` is set or `required`.
-    fn lakebase(&mut self, required: bool) -> Option<LakebaseConfig> {
-        let host_set = self.get("PGHOST").is_some_and(|v| !v.trim().is_empty());
-        if !required && !host_set {
-            return None;
-        }
-        let vars: Vec<(&str, String)> = LAKEBASE_VARIABLES
-            .iter()
-            .filter_map(|&name| self.get(name).map(|v| (name, v)))
-            .collect();
-        match LakebaseConfig::from_vars(vars) {
-            Ok(config) => Some(config),
-            Err(appkit_lakebase::Error::Config(e)) => {
-                for p in e.problems() {
-                    let variable = LAKEBASE_VARIABLES
-                        .iter()
-                        .find(|&&n| n == p.variable())
-                        .copied()
-                        .unwrap_or("PGHOST");
-                    let value = p.value().unwrap_or("<unset>").to_owned();
-                    self.problem(variable, value, p.expected());
-                }
-                None
-            }
-            Err(e) => {
-                self.problem("PGHOST", String::new(), e.to_string());
-                None
-            }
-        }
-    }
-}
-
-fn parse_port(v: &str) -> Result<u16, String> {
-    v.parse()
-        .map_err(|_| "a port number from 0 to 65535".to_owned())
-}
-
-fn parse_host(v: &str) -> Result<IpAddr, String> {
-    v.parse()
-        .map_err(|_| "an IP address such as 0.0.0.0 or 127.0.0.1".to_owned())
-}
-
-fn parse_env(v: &str) -> Result<Environment, String> {
-    match v {
-        "development" => Ok(Environment::Development),
-        "production" => Ok(Environment::Production),
-        _ => Err("`development` or `production`".to_owned()),
-    }
-}
-
 const STORE_FORMS: &str = "`sqlite://PATH`, \
     `postgres://USER[:PASSWORD]@HOST[:PORT][/DATABASE][?sslmode=…&application_name=…]` or `lakebase`";
 
@@ -561,74 +454,30 @@ fn parse_store(v: &str) -> Result<TasksStore, String> {
     Err(STORE_FORMS.to_owned())
 }
 
-/// `scheme://user:secret@host…` → `scheme://user:<redacted>@host…`.
-fn redact_url_password(v: &str) -> String {
-    let (Some(start), Some(at)) = (v.find("://").map(|i| i + 3), v.rfind('@')) else {
-        return v.to_owned();
-    };
-    match v.get(start..at).and_then(|userinfo| userinfo.find(':')) {
-        Some(colon) if at > start => format!("{}<redacted>{}", &v[..=start + colon], &v[at..]),
-        _ => v.to_owned(),
-    }
-}
-
 /// A lowercase Postgres identifier, so it needs no quoting.
-fn parse_schema(v: &str) -> Result<Option<String>, String> {
+fn parse_schema(v: &str) -> Result<String, String> {
     let mut bytes = v.bytes();
     let first_ok = bytes
         .next()
         .is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
     let rest_ok = bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if first_ok && rest_ok && v.len() <= 63 {
-        Ok(Some(v.to_owned()))
+        Ok(v.to_owned())
     } else {
         Err("a schema name: 1 to 63 of a-z, 0-9 and `_`, not starting with a digit".to_owned())
     }
 }
 
-fn ms(v: &str) -> Result<Duration, String> {
-    v.parse::<u64>()
-        .map(Duration::from_millis)
-        .map_err(|_| "a whole number of milliseconds".to_owned())
-}
-
-fn positive_ms(v: &str) -> Result<Duration, String> {
-    match v.parse::<u64>() {
-        Ok(n) if n > 0 => Ok(Duration::from_millis(n)),
-        _ => Err("a whole number of milliseconds, at least 1".to_owned()),
-    }
-}
-
-fn parse_count(v: &str) -> Result<u32, String> {
-    v.parse::<u32>()
-        .map_err(|_| "a whole number from 0 to 4294967295".to_owned())
-}
-
-fn parse_bool(v: &str) -> Result<bool, String> {
-    match v.to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err("`true` or `false`".to_owned()),
-    }
-}
-
-fn parse_dir(v: &str) -> Result<Option<PathBuf>, String> {
+fn parse_dir(v: &str) -> Result<PathBuf, String> {
     let path = PathBuf::from(v);
     if path.is_dir() {
-        Ok(Some(path))
+        Ok(path)
     } else {
         Err("an existing directory".to_owned())
     }
 }
 
-fn parse_bytes(v: &str) -> Result<usize, String> {
-    match v.parse::<usize>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err("a whole number of bytes, at least 1".to_owned()),
-    }
-}
-
-fn parse_rate(v: &str) -> Result<Option<RateLimit>, String> {
+fn parse_rate(v: &str) -> Result<RateLimit, String> {
     const EXPECTED: &str = "`N/WINDOW` with N ≥ 1 and WINDOW like `1000ms` or `1s`";
     let (max, window) = v.split_once('/').ok_or_else(|| EXPECTED.to_owned())?;
     let max: u32 = max.trim().parse().map_err(|_| EXPECTED.to_owned())?;
@@ -644,7 +493,7 @@ fn parse_rate(v: &str) -> Result<Option<RateLimit>, String> {
     if max == 0 || window.is_zero() {
         return Err(EXPECTED.to_owned());
     }
-    Ok(Some(RateLimit::new(max, window)))
+    Ok(RateLimit::new(max, window))
 }
 
 #[cfg(test)]
@@ -694,7 +543,7 @@ mod tests {
             ("APPKIT_RATE_LIMIT_PER_USER", "3 per second"),
         ])
         .unwrap_err();
-        let names: Vec<_> = err.problems.iter().map(|p| p.variable).collect();
+        let names: Vec<_> = err.problems().iter().map(|p| p.variable()).collect();
         assert_eq!(
             names,
             [
@@ -743,7 +592,7 @@ mod tests {
             "{err}"
         );
         let err = parse(&[("APPKIT_TASKS_SCHEMA", "Bad-Name")]).unwrap_err();
-        assert_eq!(err.problems[0].variable, "APPKIT_TASKS_SCHEMA");
+        assert_eq!(err.problems()[0].variable(), "APPKIT_TASKS_SCHEMA");
         let err = parse(&[("APPKIT_TASKS_SCHEMA", "fine")]).unwrap_err();
         assert!(
             err.to_string().contains("sqlite"),
@@ -754,7 +603,7 @@ mod tests {
     #[test]
     fn lakebase_store_needs_the_pg_variables() {
         let err = parse(&[("APPKIT_TASKS_STORE", "lakebase")]).unwrap_err();
-        let names: Vec<_> = err.problems.iter().map(|p| p.variable).collect();
+        let names: Vec<_> = err.problems().iter().map(|p| p.variable()).collect();
         assert!(
             names.contains(&"PGHOST") && names.contains(&"PGUSER"),
             "{err}"
@@ -822,7 +671,7 @@ mod tests {
         let c = parse(&[("APPKIT_TRUST_FORWARDED_USER", "false")]).unwrap();
         assert_eq!(c.forwarded_user_trust(), Ok(false));
         let err = parse(&[("APPKIT_TRUST_FORWARDED_USER", "maybe")]).unwrap_err();
-        assert_eq!(err.problems[0].variable, "APPKIT_TRUST_FORWARDED_USER");
+        assert_eq!(err.problems()[0].variable(), "APPKIT_TRUST_FORWARDED_USER");
     }
 
     /// The table in docs/configuration.md lists exactly the variables this module reads.
@@ -834,12 +683,14 @@ mod tests {
             None
         });
         // DATABRICKS_APP_PORT set: PORT is not consulted, so read it the other way too;
-        // and the Lakebase variables are read only for the `lakebase` store (or PGHOST).
+        // the Lakebase variables are read only for the `lakebase` store (or PGHOST), and
+        // the workspace ones only with OAuth client credentials.
         let _ = Config::from_lookup(|name| {
             read.borrow_mut().insert(name.to_owned());
             match name {
                 "DATABRICKS_APP_PORT" => Some("1".to_owned()),
                 "APPKIT_TASKS_STORE" => Some("lakebase".to_owned()),
+                "DATABRICKS_CLIENT_ID" | "DATABRICKS_CLIENT_SECRET" => Some("x".to_owned()),
                 _ => None,
             }
         });
@@ -856,5 +707,263 @@ mod tests {
             .map(str::to_owned)
             .collect();
         assert_eq!(documented, read.into_inner());
+    }
+
+    #[test]
+    fn host_and_lakebase_problems_are_reported_together() {
+        let err = parse(&[
+            ("PORT", "-1"),
+            ("APPKIT_TRUST_FORWARDED_USER", "yes"),
+            ("APPKIT_MAX_BODY_BYTES", "0"),
+            ("TASKFLOW_MAX_RECOVERIES", "99999999999"),
+            ("PGHOST", "db"),
+            ("PGPORT", "0"),
+            ("PGPASSWORD", "hunter2"),
+        ])
+        .unwrap_err();
+        let names: Vec<_> = err.problems().iter().map(|p| p.variable()).collect();
+        for name in [
+            "PORT",
+            "APPKIT_TRUST_FORWARDED_USER",
+            "APPKIT_MAX_BODY_BYTES",
+            "TASKFLOW_MAX_RECOVERIES",
+            "PGUSER",
+            "PGPORT",
+        ] {
+            assert!(names.contains(&name), "{name} missing from {err}");
+        }
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn booleans_are_true_false_1_0_only() {
+        for (value, want) in [("true", true), ("FALSE", false), ("1", true), ("0", false)] {
+            let c = parse(&[("APPKIT_TRUST_FORWARDED_USER", value)]).unwrap();
+            assert_eq!(c.trust_forwarded_user, Some(want), "{value}");
+        }
+        for value in ["yes", "no", "on", "off"] {
+            let err = parse(&[("APPKIT_TRUST_FORWARDED_USER", value)]).unwrap_err();
+            assert_eq!(err.problems()[0].variable(), "APPKIT_TRUST_FORWARDED_USER");
+        }
+    }
+
+    /// Property tests: any value of any variable parses to the documented value or fails
+    /// with problems naming that variable; never a panic, never a silent default; URL
+    /// passwords never appear.
+    mod generated {
+        use appkit_env::Url;
+        use proptest::prelude::*;
+        use proptest::sample::select;
+
+        use super::*;
+
+        /// (variable, least value) of the millisecond durations.
+        const MILLIS: [(&str, u64); 11] = [
+            ("TASKFLOW_LEASE_MS", 1),
+            ("TASKFLOW_DRAIN_TIMEOUT_MS", 0),
+            ("TASKFLOW_POLL_INTERVAL_MS", 1),
+            ("TASKFLOW_STOP_GRACE_MS", 0),
+            ("TASKFLOW_RETRY_BASE_MS", 1),
+            ("TASKFLOW_RETRY_CAP_MS", 1),
+            ("TASKFLOW_REAP_INTERVAL_MS", 1),
+            ("APPKIT_SSE_KEEPALIVE_MS", 1),
+            ("APPKIT_SSE_DISCONNECT_GRACE_MS", 0),
+            ("APPKIT_SHUTDOWN_TIMEOUT_MS", 1),
+            ("APPKIT_SSE_WRITE_TIMEOUT_MS", 1),
+        ];
+
+        fn millis_of(c: &Config, var: &str) -> Duration {
+            let t = &c.taskflow;
+            match var {
+                "TASKFLOW_LEASE_MS" => t.lease,
+                "TASKFLOW_DRAIN_TIMEOUT_MS" => t.drain_timeout,
+                "TASKFLOW_POLL_INTERVAL_MS" => t.poll_interval,
+                "TASKFLOW_STOP_GRACE_MS" => t.stop_grace,
+                "TASKFLOW_RETRY_BASE_MS" => t.retry_base,
+                "TASKFLOW_RETRY_CAP_MS" => t.retry_cap,
+                "TASKFLOW_REAP_INTERVAL_MS" => t.reap_interval,
+                "APPKIT_SSE_KEEPALIVE_MS" => c.sse_keepalive,
+                "APPKIT_SSE_DISCONNECT_GRACE_MS" => c.sse_disconnect_grace,
+                "APPKIT_SHUTDOWN_TIMEOUT_MS" => c.shutdown_timeout,
+                _ => c.sse_write_timeout,
+            }
+        }
+
+        /// Every variable the host reads (the documented table).
+        fn variables() -> Vec<&'static str> {
+            let doc = include_str!("../../../docs/configuration.md");
+            let table = doc
+                .split("<!-- env-table:start -->")
+                .nth(1)
+                .and_then(|rest| rest.split("<!-- env-table:end -->").next())
+                .expect("env-table markers");
+            let mut names: Vec<&'static str> = table
+                .lines()
+                .filter_map(|line| line.strip_prefix("| `"))
+                .filter_map(|rest| rest.split('`').next())
+                .collect();
+            names.sort_unstable();
+            names
+        }
+
+        fn values() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<String>(),
+                "\\PC{0,16}",
+                "[ \t]{0,2}[+-]?[0-9]{0,25}[ \t]{0,2}",
+                any::<u128>().prop_map(|n| n.to_string()),
+                any::<i64>().prop_map(|n| n.to_string()),
+                "(?i)(true|false|yes|on|1|0|development|production|lakebase)",
+                "(sqlite|postgres|postgresql)://\\PC{0,16}",
+                "[0-9]{1,3}/[0-9]{0,5}(ms|s|m)?",
+                "[a-z_][a-z0-9_]{0,70}",
+                "(127.0.0.1|::1|0.0.0.0|256.1.1.1|localhost)",
+                Just(String::new()),
+                Just(" \t".to_owned()),
+            ]
+        }
+
+        /// The documented whole-number rule: optional `+`, decimal digits, no overflow.
+        fn whole(value: &str) -> Option<u128> {
+            let v = value.trim();
+            let digits = v.strip_prefix('+').unwrap_or(v);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            digits.bytes().try_fold(0u128, |acc, b| {
+                acc.checked_mul(10)?.checked_add(u128::from(b - b'0'))
+            })
+        }
+
+        /// The variable set to `value`, beside a Lakebase user and password (so `PGHOST`
+        /// alone configures the pool).
+        fn parse_one(var: &str, value: &str) -> Result<Config, ConfigError> {
+            let mut vars = vec![("PGUSER", "app"), ("PGPASSWORD", "pw")];
+            vars.retain(|(k, _)| *k != var);
+            vars.push((var, value));
+            parse(&vars)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1024))]
+
+            #[test]
+            fn every_variable_parses_or_names_itself(
+                var in select(variables()),
+                value in values(),
+            ) {
+                let result = parse_one(var, &value);
+                let v = value.trim();
+                match &result {
+                    Err(err) if var == "APPKIT_TASKS_STORE" && v == "lakebase" => {
+                        // The pool's own variables are then required.
+                        prop_assert!(err.names("PGHOST"), "{}", err);
+                    }
+                    Err(err) => {
+                        prop_assert!(!v.is_empty(), "blank {} is unset: {}", var, err);
+                        prop_assert!(err.to_string().contains(var), "{}", err);
+                        for p in err.problems() {
+                            prop_assert_eq!(p.variable(), var, "{}", err);
+                        }
+                    }
+                    Ok(_) => {}
+                }
+                // Where the documented value is easy to state, check it.
+                if let Some(&(_, min)) = MILLIS.iter().find(|(name, _)| *name == var)
+                    && !v.is_empty()
+                {
+                    let want = whole(&value)
+                        .filter(|n| *n >= u128::from(min))
+                        .and_then(|n| u64::try_from(n).ok());
+                    let got = result.as_ref().ok().map(|c| millis_of(c, var));
+                    prop_assert_eq!(got, want.map(Duration::from_millis));
+                }
+                let port = |c: &Config| c.port;
+                match var {
+                    "PORT" | "DATABRICKS_APP_PORT" if !v.is_empty() => {
+                        let want = whole(&value).and_then(|n| u16::try_from(n).ok());
+                        prop_assert_eq!(result.as_ref().ok().map(port), want);
+                    }
+                    "TASKFLOW_MAX_RECOVERIES" if !v.is_empty() => {
+                        let want = whole(&value).and_then(|n| u32::try_from(n).ok());
+                        let got = result.as_ref().ok().map(|c| c.taskflow.max_recoveries);
+                        prop_assert_eq!(got, want);
+                    }
+                    "APPKIT_MAX_BODY_BYTES" if !v.is_empty() => {
+                        let want = whole(&value)
+                            .filter(|n| *n > 0)
+                            .and_then(|n| usize::try_from(n).ok());
+                        prop_assert_eq!(result.as_ref().ok().map(|c| c.max_body_bytes), want);
+                    }
+                    "APPKIT_TRUST_FORWARDED_USER" if !v.is_empty() => {
+                        let want = if v.eq_ignore_ascii_case("true") || v == "1" {
+                            Some(true)
+                        } else if v.eq_ignore_ascii_case("false") || v == "0" {
+                            Some(false)
+                        } else {
+                            None
+                        };
+                        let got = result.as_ref().ok().map(|c| c.trust_forwarded_user);
+                        prop_assert_eq!(got, want.map(Some));
+                    }
+                    _ => {}
+                }
+            }
+
+            /// `sqlite://PATH` is the file at PATH, whatever PATH is.
+            #[test]
+            fn sqlite_stores_keep_their_path(path in "[^ \t\r\n\u{b}\u{c}]\\PC{0,40}") {
+                let path = path.trim().to_owned();
+                prop_assume!(!path.is_empty());
+                let c = parse(&[("APPKIT_TASKS_STORE", &format!("sqlite://{path}"))]).unwrap();
+                prop_assert!(
+                    matches!(&c.tasks_store, TasksStore::Sqlite(p) if p.as_os_str() == path.as_str()),
+                    "{:?}", c.tasks_store
+                );
+            }
+
+            /// Postgres stores with any user, password and database parse to them; the
+            /// password never appears in a problem, whatever else is wrong.
+            #[test]
+            fn postgres_stores_parse_and_hide_their_password(
+                // `set_username` keeps a `%` as it is: leave escapes out.
+                user in "\\PC{1,10}".prop_map(|u| u.replace('%', "pct")),
+                password in "[A-Za-z][A-Za-z0-9]{3}\\PC{0,12}",
+                database in "[a-z]{1,8}",
+                port in 1u16..,
+                broken in prop_oneof![
+                    Just(""), Just(":x"), Just(":99999"), Just("?sslmode=sometimes"),
+                    Just("?x=1"), Just("/%FF"),
+                ],
+            ) {
+                let mut url = Url::parse("postgres://db.example.com").unwrap();
+                url.set_username(&user).unwrap();
+                url.set_password(Some(&password)).unwrap();
+                url.set_port(Some(port)).unwrap();
+                url.set_path(&database);
+                let url = match broken {
+                    ":x" | ":99999" => url.as_str().replace(&format!(":{port}"), broken),
+                    _ => format!("{url}{broken}"),
+                };
+                let result = parse(&[("APPKIT_TASKS_STORE", &url)]);
+                if broken.is_empty() {
+                    let c = result.unwrap();
+                    let TasksStore::Postgres(pg) = &c.tasks_store else {
+                        panic!("not postgres: {:?}", c.tasks_store);
+                    };
+                    prop_assert_eq!((pg.user(), pg.port(), pg.database()), (user.as_str(), port, Some(database.as_str())));
+                } else {
+                    let err = result.unwrap_err();
+                    let text = format!("{err} {err:?}");
+                    prop_assert!(err.names("APPKIT_TASKS_STORE"), "{}", text);
+                    prop_assert!(!text.contains(&password), "{}", text);
+                    let encoded = Url::parse("postgres://u@h").map(|mut u| {
+                        let _ = u.set_password(Some(&password));
+                        u.password().unwrap_or_default().to_owned()
+                    }).unwrap();
+                    prop_assert!(!text.contains(&encoded), "{}", text);
+                }
+            }
+        }
     }
 }

@@ -1,46 +1,62 @@
 //! Parsing of `postgres://` URLs into a [`LakebaseConfig`].
 
-use super::{LakebaseConfig, parse_port, parse_ssl_mode};
+use appkit_env::{Problem, Problems, Shown, Url};
+use percent_encoding::percent_decode_str;
+
+use super::{LakebaseConfig, parse_ssl_mode};
 use crate::credentials::Credentials;
-use crate::error::{ConfigError, ConfigProblem, Result};
+use crate::error::Result;
 
 const SHAPE: &str =
     "postgres://user[:password]@host[:port][/database][?sslmode=…&application_name=…]";
 
-/// Parses `raw`; see [`LakebaseConfig::from_url`].
+/// Parses `raw`; see [`LakebaseConfig::from_url`]. Problems name the part of the URL
+/// (`url port`, `url sslmode`, …); the password is never shown.
 pub(super) fn parse(raw: &str) -> Result<LakebaseConfig> {
-    let shown = redact_password(raw);
-    let problem = |part: &str, value: Option<String>, expected: &str| {
-        let name = if part.is_empty() {
-            "url".to_owned()
-        } else {
-            format!("url {part}")
-        };
-        ConfigProblem::new(name, value, expected)
-    };
-    let url = match reqwest::Url::parse(raw) {
-        Ok(url) if matches!(url.scheme(), "postgres" | "postgresql") => url,
-        _ => return Err(ConfigError::new(vec![problem("", Some(shown), SHAPE)]).into()),
-    };
-    let mut problems = Vec::new();
-    let mut host = url.host_str().map(decode).filter(|h| !h.is_empty());
-    let user = Some(decode(url.username())).filter(|u| !u.is_empty());
-    let password = url.password().map(decode);
-    let database = Some(decode(url.path().trim_start_matches('/'))).filter(|d| !d.is_empty());
-    let mut builder = LakebaseConfig::builder("", "");
-    if let Some(port) = url.port() {
-        match parse_port(&port.to_string()) {
-            Ok(port) => builder = builder.port(port),
-            Err(expected) => problems.push(problem("port", Some(port.to_string()), expected)),
+    let url = match Url::parse(raw) {
+        Ok(url) if matches!(url.scheme(), "postgres" | "postgresql") && !url.cannot_be_a_base() => {
+            url
         }
+        _ => return Err(Problems::from(Problem::invalid("url", raw, Shown::Url, SHAPE)).into()),
+    };
+    let mut problems = Problems::new();
+    // `None`: a part that did not decode (reported); empty: a part that is missing.
+    let mut host = match url.host_str() {
+        Some(h) => decode("url host", h, Shown::Plain, &mut problems),
+        None => Some(String::new()),
+    };
+    let user = decode("url user", url.username(), Shown::Plain, &mut problems);
+    let password = url
+        .password()
+        .and_then(|p| decode("url password", p, Shown::Secret, &mut problems));
+    let database = decode(
+        "url database",
+        url.path().trim_start_matches('/'),
+        Shown::Plain,
+        &mut problems,
+    )
+    .filter(|d| !d.is_empty());
+    let mut builder = LakebaseConfig::builder("", "");
+    match url.port() {
+        Some(0) => problems.push(Problem::invalid(
+            "url port",
+            "0",
+            Shown::Plain,
+            "a port number from 1 to 65535",
+        )),
+        Some(port) => builder = builder.port(port),
+        None => {}
     }
     for (key, value) in url.query_pairs() {
         match &*key {
             "sslmode" => match parse_ssl_mode(&value) {
                 Ok(mode) => builder = builder.ssl_mode(mode),
-                Err(expected) => {
-                    problems.push(problem("sslmode", Some(value.into_owned()), expected))
-                }
+                Err(expected) => problems.push(Problem::invalid(
+                    "url sslmode",
+                    &value,
+                    Shown::Plain,
+                    expected,
+                )),
             },
             "application_name" => builder = builder.application_name(value),
             "host" => host = Some(value.into_owned()),
@@ -50,31 +66,35 @@ pub(super) fn parse(raw: &str) -> Result<LakebaseConfig> {
                 Ok(secs) if secs > 0 => {
                     builder = builder.connect_timeout(std::time::Duration::from_secs(secs));
                 }
-                _ => problems.push(problem(
-                    "connect_timeout",
-                    Some(value.into_owned()),
+                _ => problems.push(Problem::invalid(
+                    "url connect_timeout",
+                    &value,
+                    Shown::Plain,
                     "a whole number of seconds, at least 1",
                 )),
             },
-            _ => problems.push(problem(
-                "parameter",
-                Some(key.into_owned()),
+            _ => problems.push(Problem::invalid(
+                "url parameter",
+                &key,
+                Shown::Plain,
                 "one of sslmode, application_name, connect_timeout, host",
             )),
         }
     }
-    if host.is_none() {
-        problems.push(problem(
-            "host",
-            None,
+    if host.as_deref() == Some("") {
+        problems.push(Problem::missing(
+            "url host",
             "a host name, address or socket directory",
         ));
     }
-    if user.is_none() {
-        problems.push(problem("user", None, "the Postgres role name before @"));
+    if user.as_deref() == Some("") {
+        problems.push(Problem::missing(
+            "url user",
+            "the Postgres role name before @",
+        ));
     }
     let (Some(host), Some(user), true) = (host, user, problems.is_empty()) else {
-        return Err(ConfigError::new(problems).into());
+        return Err(problems.into());
     };
     let mut config = builder.build();
     config.host = host;
@@ -84,44 +104,15 @@ pub(super) fn parse(raw: &str) -> Result<LakebaseConfig> {
     Ok(config)
 }
 
-/// Decodes `%XX` escapes; invalid escapes and non-UTF-8 results are kept as they are.
-fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok());
-        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
+/// Decodes `%XX` escapes (a `%` without two hex digits stays as it is); a result that
+/// is not UTF-8 is a problem about `part`.
+fn decode(part: &'static str, s: &str, shown: Shown, problems: &mut Problems) -> Option<String> {
+    match percent_decode_str(s).decode_utf8() {
+        Ok(decoded) => Some(decoded.into_owned()),
+        Err(_) => {
+            problems.push(Problem::invalid(part, s, shown, "percent-encoded UTF-8"));
+            None
         }
-    }
-    String::from_utf8(out).unwrap_or_else(|_| s.to_owned())
-}
-
-/// The URL with its password replaced, for error messages.
-fn redact_password(raw: &str) -> String {
-    match reqwest::Url::parse(raw) {
-        Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some(super::REDACTED));
-            url.to_string()
-        }
-        Ok(url) => url.to_string(),
-        // Unparseable: drop everything between "://" and the last '@', where a password hides.
-        Err(_) => match (raw.find("://"), raw.rfind('@')) {
-            (Some(start), Some(at)) if at > start => {
-                format!("{}{}{}", &raw[..start + 3], super::REDACTED, &raw[at..])
-            }
-            _ => raw.to_owned(),
-        },
     }
 }
 
@@ -143,7 +134,10 @@ mod tests {
         assert!(matches!(config.ssl_mode(), PgSslMode::VerifyFull));
         assert_eq!(config.application_name(), Some("svc"));
         assert_eq!(config.credentials().kind(), CredentialKind::Password);
-        assert_eq!(config.connect_timeout(), super::super::DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(
+            config.connect_timeout(),
+            super::super::DEFAULT_CONNECT_TIMEOUT
+        );
         let config = parse("postgres://u@h/db?connect_timeout=3").unwrap();
         assert_eq!(config.connect_timeout(), std::time::Duration::from_secs(3));
         for bad in ["0", "-1", "1.5", "x"] {
@@ -179,5 +173,10 @@ mod tests {
         assert!(err.contains("postgres://user"), "{err}");
         let err = parse("postgres://h/db").unwrap_err().to_string();
         assert!(err.contains("url user is not set"), "{err}");
+        let err = parse("postgres://u:%FF%FE@h/db").unwrap_err().to_string();
+        assert!(
+            err.contains("url password=\"<redacted>\"") && !err.contains("%FF"),
+            "{err}"
+        );
     }
 }

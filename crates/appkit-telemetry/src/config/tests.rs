@@ -47,7 +47,7 @@ fn every_problem_is_collected() {
         ("RUST_LOG", "info,foo=notalevel"),
     ])
     .unwrap_err();
-    let vars: Vec<&str> = err.problems().iter().map(|p| p.variable).collect();
+    let vars: Vec<&str> = err.problems().iter().map(|p| p.variable()).collect();
     for expected in [
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_PROTOCOL",
@@ -101,16 +101,20 @@ fn sampler_names_and_ratio_parse() {
 #[test]
 fn unknown_sampler_and_bad_ratio_are_errors() {
     let err = parse(&[("OTEL_TRACES_SAMPLER", "jaeger_remote")]).unwrap_err();
-    assert_eq!(err.problems()[0].variable, "OTEL_TRACES_SAMPLER");
-    assert!(err.problems()[0].expected.contains("parentbased_always_on"));
+    assert_eq!(err.problems()[0].variable(), "OTEL_TRACES_SAMPLER");
+    assert!(
+        err.problems()[0]
+            .expected()
+            .contains("parentbased_always_on")
+    );
 
     let err = parse(&[
         ("OTEL_TRACES_SAMPLER", "traceidratio"),
         ("OTEL_TRACES_SAMPLER_ARG", "half"),
     ])
     .unwrap_err();
-    assert_eq!(err.problems()[0].variable, "OTEL_TRACES_SAMPLER_ARG");
-    assert_eq!(err.problems()[0].value, "half");
+    assert_eq!(err.problems()[0].variable(), "OTEL_TRACES_SAMPLER_ARG");
+    assert_eq!(err.problems()[0].value(), Some("half"));
 }
 
 #[test]
@@ -230,4 +234,169 @@ fn databricks_apps_default_to_json_logs_like_the_host_defaults_to_production() {
     .unwrap();
     assert_eq!(config.log_format, LogFormat::Pretty);
     assert_eq!(parse(&[]).unwrap().log_format, LogFormat::Pretty);
+}
+
+/// Property tests: every variable, given any value, parses to the documented value or
+/// fails with problems that all name it; never a panic, never a silent default.
+mod generated {
+    use proptest::prelude::*;
+    use proptest::sample::select;
+
+    use super::*;
+
+    const MILLIS: [&str; 4] = [
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+        "OTEL_METRIC_EXPORT_INTERVAL",
+        "OTEL_BSP_SCHEDULE_DELAY",
+        "OTEL_BLRP_SCHEDULE_DELAY",
+    ];
+
+    const HEADERS: [&str; 4] = [
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+        "OTEL_EXPORTER_OTLP_LOGS_HEADERS",
+    ];
+
+    const OTHERS: [&str; 18] = [
+        "RUST_LOG",
+        "APPKIT_ENV",
+        "OTEL_SDK_DISABLED",
+        "OTEL_SERVICE_NAME",
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "DATABRICKS_APP_NAME",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
+        "OTEL_TRACES_EXPORTER",
+        "OTEL_METRICS_EXPORTER",
+        "OTEL_LOGS_EXPORTER",
+        "OTEL_TRACES_SAMPLER",
+    ];
+
+    fn any_variable() -> impl Strategy<Value = &'static str> {
+        let all: Vec<&'static str> = MILLIS
+            .iter()
+            .chain(&HEADERS)
+            .chain(&OTHERS)
+            .chain(&["OTEL_TRACES_SAMPLER_ARG"])
+            .copied()
+            .collect();
+        select(all)
+    }
+
+    fn values() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "\\PC{0,16}",
+            "[ \t]{0,2}[+-]?[0-9]{0,30}[ \t]{0,2}",
+            any::<u128>().prop_map(|n| n.to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|n| n.to_string()),
+            "(?i)(true|false|yes|on|1|0|otlp|none|grpc|http/protobuf|production)",
+            "https?://[a-z]{1,8}(:[0-9]{1,6})?(/[a-z]{0,5})?",
+            "[a-z.]{1,6}=[a-zA-Z0-9%]{0,8}(,[a-z]{1,4}=[%0-9a-fA-F]{0,6}){0,2}",
+            "[a-z]{1,6}(=(trace|debug|info|warn|error|off|[a-z]{1,4}))?(,[a-z_]{1,6}=[a-z]{1,5}){0,2}",
+            Just(String::new()),
+            Just("  ".to_owned()),
+        ]
+    }
+
+    /// The variable set to `value`, beside an endpoint and a ratio sampler so that every
+    /// variable is read.
+    fn parse_one(var: &str, value: &str) -> Result<TelemetryConfig, ConfigError> {
+        let mut vars = vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+        ];
+        vars.retain(|(k, _)| *k != var);
+        vars.push((var, value));
+        parse(&vars)
+    }
+
+    /// The documented whole-number rule: optional `+`, decimal digits, fits in a u64.
+    fn whole_ms(value: &str) -> Option<u64> {
+        let v = value.trim();
+        let digits = v.strip_prefix('+').unwrap_or(v);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.bytes().try_fold(0u64, |acc, b| {
+            acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn every_variable_parses_or_names_itself(var in any_variable(), value in values()) {
+            match parse_one(var, &value) {
+                Ok(_) => {}
+                Err(err) => {
+                    prop_assert!(!value.trim().is_empty(), "blank {var} is unset: {err}");
+                    for p in err.problems() {
+                        prop_assert_eq!(p.variable(), var, "{}", err);
+                    }
+                    prop_assert!(err.to_string().contains(var), "{}", err);
+                    if HEADERS.contains(&var) && value.trim().len() >= 3 {
+                        prop_assert!(!err.to_string().contains(value.trim()), "{}", err);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn durations_are_whole_milliseconds(var in select(MILLIS.to_vec()), value in values()) {
+            let result = parse_one(var, &value);
+            let otlp = result.as_ref().ok().and_then(|c| c.otlp.clone());
+            let got = otlp.map(|o| match var {
+                "OTEL_EXPORTER_OTLP_TIMEOUT" => o.timeout,
+                "OTEL_METRIC_EXPORT_INTERVAL" => o.metric_export_interval,
+                "OTEL_BSP_SCHEDULE_DELAY" => o.traces_batch_delay,
+                _ => o.logs_batch_delay,
+            });
+            if value.trim().is_empty() {
+                prop_assert!(got.is_some());
+            } else {
+                match whole_ms(&value) {
+                    Some(ms) => prop_assert_eq!(got, Some(Duration::from_millis(ms))),
+                    None => prop_assert!(result.is_err(), "{value:?} must not default"),
+                }
+            }
+        }
+
+        #[test]
+        fn sdk_disabled_is_one_boolean_spelling(value in values()) {
+            let result = parse_one("OTEL_SDK_DISABLED", &value);
+            let v = value.trim();
+            if v.eq_ignore_ascii_case("true") || v == "1" {
+                prop_assert_eq!(result.unwrap().otlp, None);
+            } else if v.is_empty() || v.eq_ignore_ascii_case("false") || v == "0" {
+                prop_assert!(result.unwrap().otlp.is_some());
+            } else {
+                prop_assert!(result.is_err(), "{value:?} must not default");
+            }
+        }
+    }
+}
+
+#[test]
+fn sdk_disabled_accepts_the_one_boolean_spelling() {
+    let with = |v: &'static str| {
+        parse(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_SDK_DISABLED", v),
+        ])
+    };
+    assert_eq!(with("1").unwrap().otlp, None);
+    assert_eq!(with("TRUE").unwrap().otlp, None);
+    assert!(with("0").unwrap().otlp.is_some());
+    let err = with("yes").unwrap_err();
+    assert_eq!(err.problems()[0].variable(), "OTEL_SDK_DISABLED");
 }

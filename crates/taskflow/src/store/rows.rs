@@ -76,6 +76,7 @@ pub(crate) struct CandidateRow {
     pub(crate) name: String,
     pub(crate) recovery: bool,
     pub(crate) auto_recover: bool,
+    pub(crate) run_at: i64,
 }
 
 /// A running task whose lease expired, as the rescuer decides on it.

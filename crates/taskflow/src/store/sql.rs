@@ -203,6 +203,10 @@ pub(crate) struct Sql {
     pub(crate) health: &'static str,
 
     // The commit marker.
+    /// A simple-protocol statement list that opens a batch's transaction and inserts its
+    /// marker in one round trip: the store appends `('<batch id>', <now>)`. `None`: a
+    /// plain `BEGIN`, then `batch_mark`.
+    pub(crate) begin_batch: Option<&'static str>,
     /// `(batch_id, now)`.
     pub(crate) batch_mark: &'static str,
     /// `(batch_id)` → `n` (0 or 1).
@@ -213,7 +217,7 @@ pub(crate) struct Sql {
     pub(crate) find_by_key: &'static str,
     /// `(rows json)` → inserted ids; conflicting keys are skipped.
     pub(crate) insert_tasks: &'static str,
-    /// `(now, names json, limit)` → candidate rows, oldest first.
+    /// `(now, names json, limit, from)` → candidate rows due in `from..=now`, oldest first.
     pub(crate) claim_candidates: &'static str,
     /// `(node, lease_until, now, ids json)` → claimed rows.
     pub(crate) claim_mark: &'static str,
@@ -247,8 +251,7 @@ pub(crate) struct Sql {
     pub(crate) purge_batches: &'static str,
     /// `(rows json)`.
     pub(crate) insert_events: &'static str,
-    /// `(payloads json)`: wakes other processes' subscribers (`None`: nobody to wake).
-    pub(crate) notify_events: Option<&'static str>,
-    /// `(payload)`: wakes other processes' executors.
-    pub(crate) notify_work: Option<&'static str>,
+    /// `(event payloads json, work payload or NULL)`: wakes other processes' subscribers
+    /// and executors (`None`: nobody to wake).
+    pub(crate) notify: Option<&'static str>,
 }

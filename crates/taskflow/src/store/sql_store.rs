@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 use tracing::warn;
 
-use super::batch::Batch;
+use super::batch::{Batch, ClaimCursor};
 use super::driver::Driver;
 use super::ops::{OpOutcome, WriteOp};
 use super::rows::{CountRow, EventRow, IdRow, StepRow, TaskRow};
@@ -33,6 +33,7 @@ const MARKER_CHECK_DEADLINE: Duration = Duration::from_secs(60);
 pub(crate) struct SqlStore<D> {
     driver: D,
     faults: Faults,
+    cursor: ClaimCursor,
 }
 
 impl<D: Driver> SqlStore<D> {
@@ -40,6 +41,7 @@ impl<D: Driver> SqlStore<D> {
         Self {
             driver,
             faults: Faults::default(),
+            cursor: ClaimCursor::default(),
         }
     }
 
@@ -98,9 +100,19 @@ impl<D: Driver> Storage for SqlStore<D> {
 
     async fn write_batch(&self, ops: &[WriteOp]) -> Result<Vec<OpOutcome>> {
         let batch_id = uuid::Uuid::now_v7().simple().to_string();
-        let mut tx = self.driver.writer().begin().await?;
-        let out = Batch::new(&mut *tx, D::SQL, &batch_id)
-            .apply(self.driver.instance(), ops)
+        let mut tx = match D::SQL.begin_batch {
+            // The id is 32 hex digits and the time an integer: nothing to escape.
+            Some(begin) => {
+                let begin = format!("{begin} ('{batch_id}', {})", super::now_ms());
+                self.driver
+                    .writer()
+                    .begin_with(sqlx::AssertSqlSafe(begin))
+                    .await?
+            }
+            None => self.driver.writer().begin().await?,
+        };
+        let out = Batch::new(&mut *tx, D::SQL, &self.cursor, &batch_id)
+            .apply(self.driver.instance(), ops, D::SQL.begin_batch.is_some())
             .await?;
         if Faults::take(&self.faults.fail_before_commit) {
             tx.rollback().await?;

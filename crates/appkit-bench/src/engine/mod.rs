@@ -60,7 +60,18 @@
 //!
 //! `peak_rss_kib` is the process's `VmHWM` at the end (engine, bench bookkeeping and
 //! SQLite page cache together).
+//!
+//! # CPU per task
+//!
+//! `cpu_ms_per_task`: user + system CPU time of this process (engine, bench and SQLite's
+//! worker threads) over the measured window of phase 1, the `submit` window or the
+//! `drain` window, divided by `--tasks`. `db_cpu_ms_per_task` (Postgres only, when the
+//! server runs on this machine): the same for the server backends serving the bench's
+//! connections, found by their `application_name` (`appkit-bench-<pid>`). Both come from
+//! `/proc/<pid>/stat` (10 ms ticks). CPU per task is much less sensitive than wall time to
+//! other work on a shared machine; flat cost means it does not grow with the store.
 
+mod cpu;
 mod history;
 mod latency;
 mod recorder;
@@ -190,6 +201,8 @@ struct Report {
     elapsed_s: f64,
     tasks_per_s: f64,
     submit_phase_s: f64,
+    cpu_ms_per_task: Option<f64>,
+    db_cpu_ms_per_task: Option<f64>,
     saturated_submit_to_start_p50_ms: Option<f64>,
     saturated_submit_to_start_p99_ms: Option<f64>,
     latency_rate: u32,
@@ -238,7 +251,9 @@ async fn e2e(
         "engine: phase 1: {} tasks, {} submitters, {} slots",
         opts.tasks, opts.concurrency, opts.slots
     );
-    let tp = throughput::run(&flow, rec, opts.tasks, opts.concurrency).await?;
+    let cpu = cpu::Snapshot::take(spec.postgres()).await;
+    let mut tp = throughput::run(&flow, rec, opts.tasks, opts.concurrency).await?;
+    tp.cpu = cpu::Snapshot::take(spec.postgres()).await.since(&cpu);
     progress.abort();
     eprintln!(
         "engine: phase 1 done in {:.3} s ({:.0} tasks/s); verifying every task",
@@ -272,9 +287,11 @@ async fn submit_only(
         "engine: submit: {} tasks, {} submitters, no executor",
         opts.tasks, opts.concurrency
     );
+    let cpu = cpu::Snapshot::take(spec.postgres()).await;
     let began = Instant::now();
     let keys = throughput::submit_all(&flow, rec, opts.tasks, opts.concurrency).await?;
     let elapsed = began.elapsed();
+    let cpu = cpu::Snapshot::take(spec.postgres()).await.since(&cpu);
     throughput::verify_pending(&flow, &keys).await?;
     flow.shutdown().await;
     Ok(throughput::Throughput {
@@ -282,6 +299,7 @@ async fn submit_only(
         submitting: elapsed,
         start_latency: None,
         keys,
+        cpu,
     })
 }
 
@@ -305,11 +323,13 @@ async fn drain(
         opts.slots
     );
     let progress = tokio::spawn(progress(rec.clone(), opts.tasks));
+    let cpu = cpu::Snapshot::take(spec.postgres()).await;
     let began = Instant::now();
     let flow = spec.start(config).await?;
     register(&flow, rec)?;
     throughput::wait_all_completed(&flow, rec, &keys).await?;
     let elapsed = began.elapsed();
+    let cpu = cpu::Snapshot::take(spec.postgres()).await.since(&cpu);
     progress.abort();
     verify(&flow, &keys).await?;
     flow.shutdown().await;
@@ -318,6 +338,7 @@ async fn drain(
         submitting,
         start_latency: None,
         keys,
+        cpu,
     })
 }
 
@@ -379,6 +400,8 @@ fn report(opts: &Options, tp: &throughput::Throughput, lat: Option<&latency::Lat
         elapsed_s: round3(tp.elapsed.as_secs_f64()),
         tasks_per_s: round3(opts.tasks as f64 / tp.elapsed.as_secs_f64()),
         submit_phase_s: round3(tp.submitting.as_secs_f64()),
+        cpu_ms_per_task: tp.cpu.0.map(|d| per_task(d, opts.tasks)),
+        db_cpu_ms_per_task: tp.cpu.1.map(|d| per_task(d, opts.tasks)),
         saturated_submit_to_start_p50_ms: p(|p| p.p50_ms, tp.start_latency),
         saturated_submit_to_start_p99_ms: p(|p| p.p99_ms, tp.start_latency),
         latency_rate: if opts.workload == Workload::E2e {
@@ -395,4 +418,9 @@ fn report(opts: &Options, tp: &throughput::Throughput, lat: Option<&latency::Lat
         submit_to_complete_max_ms: p(|p| p.max_ms, complete),
         peak_rss_kib: peak_rss_kib(),
     }
+}
+
+/// Milliseconds of CPU per task, to three decimals.
+fn per_task(cpu: Duration, tasks: usize) -> f64 {
+    round3(cpu.as_secs_f64() * 1e3 / tasks as f64)
 }

@@ -38,6 +38,14 @@ impl StoreSpec {
         })
     }
 
+    /// The Postgres database's connection options (`None` on SQLite).
+    pub(super) fn postgres(&self) -> Option<&PgConnectOptions> {
+        match self {
+            Self::Sqlite(_) => None,
+            Self::Postgres(opts) => Some(opts),
+        }
+    }
+
     /// The store's internal write interface (to fill history without an engine).
     pub(super) async fn storage(&self) -> Result<Arc<dyn Storage>> {
         Ok(match self {
@@ -76,7 +84,9 @@ async fn fresh_schema() -> Result<PgConnectOptions> {
         .await?;
     admin.close().await;
     eprintln!("engine: postgres schema {schema}");
-    Ok(PgConnectOptions::from_str(&url)?.options([("search_path", schema.as_str())]))
+    Ok(PgConnectOptions::from_str(&url)?
+        .options([("search_path", schema.as_str())])
+        .application_name(&super::cpu::application_name()))
 }
 
 /// `VACUUM ANALYZE` of the engine's tables, before a measured run (Postgres only).

@@ -30,6 +30,8 @@ pub(super) struct Throughput {
     pub(super) start_latency: Option<Percentiles>,
     /// Idempotency keys, by task index.
     pub(super) keys: Vec<String>,
+    /// CPU time in the measured window: this process, Postgres backends (see `cpu`).
+    pub(super) cpu: (Option<Duration>, Option<Duration>),
 }
 
 /// Submits tasks `0..n` from `concurrency` submitters and waits until all are completed.
@@ -50,6 +52,7 @@ pub(super) async fn run(
         submitting,
         start_latency,
         keys,
+        cpu: (None, None),
     })
 }
 

@@ -305,16 +305,7 @@ impl TestDb {
     /// # Panics
     /// When the query fails or there is no such task.
     pub async fn task_status(&self, key: &str) -> String {
-        let sql = format!(
-            "SELECT status FROM {}.tasks WHERE idempotency_key = $1 \
-             ORDER BY created_at DESC LIMIT 1",
-            self.schema
-        );
-        sqlx::query_scalar(AssertSqlSafe(sql))
-            .bind(key)
-            .fetch_one(&self.admin)
-            .await
-            .expect("task status")
+        self.latest(key, "status").await
     }
 
     /// The node whose runner holds the latest task with key `key` (`None` unless running).
@@ -322,8 +313,16 @@ impl TestDb {
     /// # Panics
     /// When the query fails or there is no such task.
     pub async fn owner_node(&self, key: &str) -> Option<String> {
+        self.latest(key, "owner_node").await
+    }
+
+    /// Column `column` of the latest task with idempotency key `key`.
+    async fn latest<T>(&self, key: &str, column: &str) -> T
+    where
+        T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
+    {
         let sql = format!(
-            "SELECT owner_node FROM {}.tasks WHERE idempotency_key = $1 \
+            "SELECT {column} FROM {}.tasks WHERE idempotency_key = $1 \
              ORDER BY created_at DESC LIMIT 1",
             self.schema
         );
@@ -331,7 +330,7 @@ impl TestDb {
             .bind(key)
             .fetch_one(&self.admin)
             .await
-            .expect("owner node")
+            .unwrap_or_else(|e| panic!("task {key}'s {column}: {}", crate::error_chain(&e)))
     }
 
     /// Waits until the task's stored events satisfy `pred`, returning them.

@@ -61,9 +61,10 @@ enum Phase {
     Done,
 }
 
+/// One bridge's state. The task key lives once, in the guard: every byte here is paid by
+/// every open bridge (twice, as the stream's slot and inside its pending future).
 struct State {
     phase: Phase,
-    key: String,
     events: EventStream,
     guard: BridgeGuard,
     redact: bool,
@@ -74,7 +75,6 @@ struct State {
 fn frames(params: BridgeParams) -> impl Stream<Item = Result<Event, Infallible>> + Send {
     let state = State {
         phase: Phase::Ready,
-        key: params.key,
         events: params.events,
         guard: params.guard,
         redact: params.redact,
@@ -90,7 +90,7 @@ async fn next_frame(st: &mut State) -> Option<Event> {
         Phase::Done => return None,
         Phase::Ready => {
             st.phase = Phase::Streaming;
-            let data = serde_json::json!({ "idempotencyKey": st.key }).to_string();
+            let data = serde_json::json!({ "idempotencyKey": st.guard.key() }).to_string();
             return Some(Event::default().event("ready").data(data));
         }
         Phase::Streaming => {}
@@ -117,7 +117,7 @@ async fn next_frame(st: &mut State) -> Option<Event> {
                 return Some(close(st, Outcome::Closed, SHUTTING_DOWN_MESSAGE.to_owned()));
             }
             Some(Err(e)) => {
-                warn!(task.key = %st.key, error = %e, "task event stream failed");
+                warn!(task.key = %st.guard.key(), error = %e, "task event stream failed");
                 let message = in_band_message(st.redact, &Error::from(e));
                 return Some(close(st, Outcome::Closed, message));
             }
@@ -129,7 +129,7 @@ async fn next_frame(st: &mut State) -> Option<Event> {
 fn event_frame(st: &mut State, event: &TaskEvent) -> Event {
     if event.name.contains(['\r', '\n']) {
         // The engine refuses such names at emit; never put one on the wire.
-        warn!(task.key = %st.key, seq = event.seq, "event name with CR or LF refused");
+        warn!(task.key = %st.guard.key(), seq = event.seq, "event name with CR or LF refused");
         let message = in_band_message(st.redact, &Error::Internal("invalid event name".into()));
         return close(st, Outcome::Closed, message);
     }
@@ -149,7 +149,7 @@ fn event_frame(st: &mut State, event: &TaskEvent) -> Event {
 
 /// Ends the stream after an `event: error` frame with `message`.
 fn close(st: &mut State, outcome: Outcome, message: String) -> Event {
-    debug!(task.key = %st.key, %message, "closing sse bridge");
+    debug!(task.key = %st.guard.key(), %message, "closing sse bridge");
     st.phase = Phase::Done;
     st.guard.finish(outcome);
     error_frame(&message)

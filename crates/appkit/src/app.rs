@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::Extension;
+use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use taskflow::TaskFlow;
 use tokio_util::sync::CancellationToken;
@@ -15,10 +15,10 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::layers::log_and_redact_errors;
-use crate::run_error::RunError;
 use crate::extract::{RequestPolicy, UserContext, UserExtractor};
+use crate::layers::log_and_redact_errors;
 use crate::plugin::{Plugin, PluginContext, SetupContext, valid_plugin_name};
+use crate::run_error::RunError;
 use crate::shutdown::{CloseHooks, Sequence, ShutdownHandle, listen_for_signals};
 use crate::stream::{BridgeRegistry, DisconnectPolicy};
 use crate::telemetry::{Telemetry, configs_from_env, with_request_spans};

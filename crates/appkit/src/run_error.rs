@@ -63,10 +63,7 @@ pub enum RunError {
 
 impl RunError {
     /// A core service that failed to start.
-    pub(crate) fn start(
-        service: &'static str,
-        source: impl Into<BoxError>,
-    ) -> Self {
+    pub(crate) fn start(service: &'static str, source: impl Into<BoxError>) -> Self {
         Self::Start {
             service,
             source: source.into(),

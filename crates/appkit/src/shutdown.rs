@@ -31,8 +31,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::TelemetryGuard;
-use crate::run_error::RunError;
 use crate::plugin::Plugin;
+use crate::run_error::RunError;
 use crate::stream::BridgeRegistry;
 use crate::telemetry;
 

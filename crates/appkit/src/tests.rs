@@ -1,5 +1,7 @@
 //! Router tests without a socket: errors, limits, users, static files, start-up checks.
 
+mod generated;
+
 use std::time::Duration;
 
 use axum::Router;
@@ -52,6 +54,8 @@ impl Plugin for Probe {
                 Ok::<_, TaskError>(ms)
             })?;
         cx.taskflow().register(TICKS, ticks)?;
+        cx.taskflow()
+            .register(generated::EMIT_ALL, generated::emit_all)?;
         Ok(())
     }
 
@@ -90,6 +94,7 @@ impl Plugin for Probe {
             .route("/boom", get(boom))
             .route("/sleep", post(sleep))
             .route("/ticks", post(start_ticks))
+            .route("/emit-all", post(generated::start_emit_all))
     }
 }
 
@@ -313,8 +318,8 @@ fn sse_ids(body: &str) -> Vec<u64> {
 async fn a_handler_that_does_nothing_special_resumes_after_last_event_id() {
     let host = host(|_| {}).await;
     let submit = |last: Option<&str>| {
-        let mut req = Request::post("/api/probe/ticks")
-            .header(header::CONTENT_TYPE, "application/json");
+        let mut req =
+            Request::post("/api/probe/ticks").header(header::CONTENT_TYPE, "application/json");
         if let Some(last) = last {
             req = req.header("last-event-id", last);
         }

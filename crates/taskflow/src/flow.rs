@@ -13,9 +13,9 @@ use crate::delivery::{EventStream, open_stream};
 use crate::error::{Error, Result};
 use crate::execution::executor::{self, duration_ms, unexpected};
 use crate::execution::runner;
-use crate::limits::{check_key, check_payload, check_task_name, check_user};
 use crate::handler::{TaskContext, TaskError, erase};
 use crate::key::idempotency_key;
+use crate::limits::{check_key, check_payload, check_task_name, check_user};
 use crate::node::{Node, Registered, StopReason};
 use crate::services;
 use crate::store::{

@@ -27,18 +27,18 @@ mod error;
 mod event;
 mod execution;
 mod flow;
-mod limits;
 mod handler;
 mod key;
+mod limits;
 mod metrics;
 mod node;
 mod services;
 #[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 mod store;
 mod task;
-mod typed;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod typed;
 mod writer;
 
 pub use config::*;
@@ -46,9 +46,9 @@ pub use delivery::EventStream;
 pub use error::{Error, Result};
 pub use event::{EventKind, NewEvent, RESERVED_EVENT_NAMES, TaskEvent};
 pub use flow::{NodeStats, TaskFlow};
-pub use limits::{MAX_KEY_LEN, MAX_PAYLOAD_BYTES, RateLimit};
 pub use handler::{TaskContext, TaskError, TaskErrorKind};
 pub use key::idempotency_key;
+pub use limits::{MAX_KEY_LEN, MAX_PAYLOAD_BYTES, RateLimit};
 pub use store::{Backend, PostgresStore, SqliteStore, SqliteSynchronous, Store};
 pub use task::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT, IdempotencyMode, SubmitOptions, Submitted, TaskHandle,

@@ -153,7 +153,10 @@ mod tests {
 
     #[test]
     fn names_are_checked_like_registered_names() {
-        assert_eq!(TaskDef::<(), ()>::new("reports.build:v2").name(), "reports.build:v2");
+        assert_eq!(
+            TaskDef::<(), ()>::new("reports.build:v2").name(),
+            "reports.build:v2"
+        );
         for bad in ["", "has space", "é", &"x".repeat(129)] {
             assert!(!valid_task_name(bad), "{bad:?}");
             assert!(crate::limits::check_task_name(bad).is_err(), "{bad:?}");

@@ -102,7 +102,11 @@ async fn redrive_takes_the_key_and_checks_the_owner() {
     )
     .unwrap();
     let submitted = flow
-        .submit("fails-once-permanently", 1, SubmitOptions::new().user("alice"))
+        .submit(
+            "fails-once-permanently",
+            1,
+            SubmitOptions::new().user("alice"),
+        )
         .await
         .unwrap();
     let key = submitted.handle().idempotency_key.clone();

@@ -15,8 +15,8 @@ use crate::error::{Error, Result};
 use crate::extract::{TaskRequest, UserContext};
 use crate::shutdown::ShutdownHandle;
 use crate::stream::{
-    BridgeParams, BridgeRegistry, DisconnectPolicy, channel_events,
-    plugin_sse_response, sse_response,
+    BridgeParams, BridgeRegistry, DisconnectPolicy, channel_events, plugin_sse_response,
+    sse_response,
 };
 
 /// How [`PluginContext::execute_with`] submits and streams.

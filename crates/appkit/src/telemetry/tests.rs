@@ -174,7 +174,10 @@ fn config_problems_of_host_lakebase_and_telemetry_are_reported_together_once() {
     let telemetry = TelemetryConfig::from_lookup(lookup(&env));
     let err = merge(host, telemetry).unwrap_err();
     let names: Vec<_> = err.problems().iter().map(|p| p.variable()).collect();
-    assert_eq!(names, ["PORT", "PGPORT", "APPKIT_ENV", "OTEL_TRACES_SAMPLER"]);
+    assert_eq!(
+        names,
+        ["PORT", "PGPORT", "APPKIT_ENV", "OTEL_TRACES_SAMPLER"]
+    );
 }
 
 #[test]

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::limits::SlidingWindow;
 use crate::handler::lock;
+use crate::limits::SlidingWindow;
 use crate::metrics::Metrics;
 
 /// Admission state of one node.

@@ -47,6 +47,8 @@
 //! ```
 
 mod problem;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use std::ffi::OsString;
 use std::fmt;

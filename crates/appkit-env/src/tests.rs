@@ -41,35 +41,11 @@ fn check<T: PartialEq + Debug>(value: &str, got: Option<T>, env: &Env<'_>, docum
     }
 }
 
-/// The documented whole-number rule, written independently of `str::parse`: optional `+`,
-/// then decimal digits, within `min..=max`.
-fn whole(value: &str, min: u128, max: u128) -> Option<u128> {
-    let v = value.trim();
-    let digits = v.strip_prefix('+').unwrap_or(v);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let n = digits.bytes().try_fold(0u128, |acc, b| {
-        acc.checked_mul(10)?.checked_add(u128::from(b - b'0'))
-    })?;
-    (min..=max).contains(&n).then_some(n)
-}
+use crate::testing::{boolean, values, whole_number};
 
-/// Strings that look like numbers, booleans and URLs, and anything at all.
-fn values() -> impl Strategy<Value = String> {
-    prop_oneof![
-        any::<String>(),
-        "\\PC{0,12}",
-        "[ \t]{0,2}[+-]?[0-9]{0,42}[ \t]{0,2}",
-        any::<u128>().prop_map(|n| n.to_string()),
-        any::<i64>().prop_map(|n| n.to_string()),
-        any::<f64>().prop_map(|n| n.to_string()),
-        "(?i)(true|false|yes|no|on|off|1|0|tru|t|f)",
-        Just(String::new()),
-        Just(" \t ".to_owned()),
-        Just("١٢٣".to_owned()),
-        Just("１２".to_owned()),
-    ]
+/// The whole-number rule within `min..=max`.
+fn whole(value: &str, min: u128, max: u128) -> Option<u128> {
+    whole_number(value).filter(|n| (min..=max).contains(n))
 }
 
 proptest! {
@@ -79,14 +55,7 @@ proptest! {
     fn booleans_parse_or_name_the_variable(value in values()) {
         let mut env = env_with(&value);
         let got = env.bool(VAR);
-        let v = value.trim();
-        let documented = if v.eq_ignore_ascii_case("true") || v == "1" {
-            Some(true)
-        } else if v.eq_ignore_ascii_case("false") || v == "0" {
-            Some(false)
-        } else {
-            None
-        };
+        let documented = boolean(&value);
         check(&value, got, &env, documented);
     }
 

@@ -229,6 +229,7 @@ fn secrets_never_appear_in_errors_or_debug_output() {
 /// Property tests: any value of any variable either parses to the documented value or
 /// fails with problems that all name that variable; secrets never appear; never a panic.
 mod generated {
+    use appkit_env::testing;
     use appkit_lakebase::{CredentialKind, Error, LakebaseConfig};
     use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
     use proptest::prelude::*;
@@ -259,17 +260,13 @@ mod generated {
     ];
     const SECRETS: [&str; 2] = ["PGPASSWORD", "DATABRICKS_CLIENT_SECRET"];
 
+    /// Any value, plus the pool's own shapes (TLS modes, URLs, host names).
     fn values() -> impl Strategy<Value = String> {
         prop_oneof![
-            any::<String>(),
-            "\\PC{0,16}",
-            "[ \t]{0,2}[+-]?[0-9]{0,22}[ \t]{0,2}",
-            any::<i64>().prop_map(|n| n.to_string()),
+            testing::values(),
             "(disable|allow|prefer|require|verify-ca|verify-full|REQUIRE|on)",
             "(https?|ftp)://[a-z:@%0-9]{0,12}(/[a-z]{0,4})?",
             "[a-z0-9.-]{1,12}",
-            Just(String::new()),
-            Just("  ".to_owned()),
         ]
     }
 
@@ -286,16 +283,11 @@ mod generated {
         LakebaseConfig::from_vars(vars)
     }
 
+    /// The documented whole-number rule, for a port from 1.
     fn whole(value: &str) -> Option<u16> {
-        let v = value.trim();
-        let digits = v.strip_prefix('+').unwrap_or(v);
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let n = digits.bytes().try_fold(0u32, |acc, b| {
-            acc.checked_mul(10)?.checked_add(u32::from(b - b'0'))
-        })?;
-        u16::try_from(n).ok().filter(|n| *n > 0)
+        testing::whole_number(value)
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|n| *n > 0)
     }
 
     proptest! {

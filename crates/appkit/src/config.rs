@@ -751,7 +751,7 @@ mod tests {
     /// with problems naming that variable; never a panic, never a silent default; URL
     /// passwords never appear.
     mod generated {
-        use appkit_env::Url;
+        use appkit_env::{Url, testing};
         use proptest::prelude::*;
         use proptest::sample::select;
 
@@ -806,33 +806,20 @@ mod tests {
             names
         }
 
+        /// Any value, plus the host's own shapes (stores, rates, schemas, addresses).
         fn values() -> impl Strategy<Value = String> {
             prop_oneof![
-                any::<String>(),
-                "\\PC{0,16}",
-                "[ \t]{0,2}[+-]?[0-9]{0,25}[ \t]{0,2}",
-                any::<u128>().prop_map(|n| n.to_string()),
-                any::<i64>().prop_map(|n| n.to_string()),
-                "(?i)(true|false|yes|on|1|0|development|production|lakebase)",
+                testing::values(),
+                "(?i)(development|production|lakebase)",
                 "(sqlite|postgres|postgresql)://\\PC{0,16}",
                 "[0-9]{1,3}/[0-9]{0,5}(ms|s|m)?",
                 "[a-z_][a-z0-9_]{0,70}",
                 "(127.0.0.1|::1|0.0.0.0|256.1.1.1|localhost)",
-                Just(String::new()),
-                Just(" \t".to_owned()),
             ]
         }
 
-        /// The documented whole-number rule: optional `+`, decimal digits, no overflow.
         fn whole(value: &str) -> Option<u128> {
-            let v = value.trim();
-            let digits = v.strip_prefix('+').unwrap_or(v);
-            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            digits.bytes().try_fold(0u128, |acc, b| {
-                acc.checked_mul(10)?.checked_add(u128::from(b - b'0'))
-            })
+            testing::whole_number(value)
         }
 
         /// The variable set to `value`, beside a Lakebase user and password (so `PGHOST`
@@ -896,13 +883,7 @@ mod tests {
                         prop_assert_eq!(result.as_ref().ok().map(|c| c.max_body_bytes), want);
                     }
                     "APPKIT_TRUST_FORWARDED_USER" if !v.is_empty() => {
-                        let want = if v.eq_ignore_ascii_case("true") || v == "1" {
-                            Some(true)
-                        } else if v.eq_ignore_ascii_case("false") || v == "0" {
-                            Some(false)
-                        } else {
-                            None
-                        };
+                        let want = testing::boolean(&value);
                         let got = result.as_ref().ok().map(|c| c.trust_forwarded_user);
                         prop_assert_eq!(got, want.map(Some));
                     }

@@ -239,6 +239,7 @@ fn databricks_apps_default_to_json_logs_like_the_host_defaults_to_production() {
 /// Property tests: every variable, given any value, parses to the documented value or
 /// fails with problems that all name it; never a panic, never a silent default.
 mod generated {
+    use appkit_env::testing;
     use proptest::prelude::*;
     use proptest::sample::select;
 
@@ -290,20 +291,14 @@ mod generated {
         select(all)
     }
 
+    /// Any value, plus telemetry's own shapes (URLs, `key=value` lists, filters).
     fn values() -> impl Strategy<Value = String> {
         prop_oneof![
-            any::<String>(),
-            "\\PC{0,16}",
-            "[ \t]{0,2}[+-]?[0-9]{0,30}[ \t]{0,2}",
-            any::<u128>().prop_map(|n| n.to_string()),
-            any::<i64>().prop_map(|n| n.to_string()),
-            any::<f64>().prop_map(|n| n.to_string()),
-            "(?i)(true|false|yes|on|1|0|otlp|none|grpc|http/protobuf|production)",
+            testing::values(),
+            "(?i)(otlp|none|grpc|http/protobuf|production)",
             "https?://[a-z]{1,8}(:[0-9]{1,6})?(/[a-z]{0,5})?",
             "[a-z.]{1,6}=[a-zA-Z0-9%]{0,8}(,[a-z]{1,4}=[%0-9a-fA-F]{0,6}){0,2}",
             "[a-z]{1,6}(=(trace|debug|info|warn|error|off|[a-z]{1,4}))?(,[a-z_]{1,6}=[a-z]{1,5}){0,2}",
-            Just(String::new()),
-            Just("  ".to_owned()),
         ]
     }
 
@@ -319,16 +314,9 @@ mod generated {
         parse(&vars)
     }
 
-    /// The documented whole-number rule: optional `+`, decimal digits, fits in a u64.
+    /// The documented whole-number rule, for milliseconds in a u64.
     fn whole_ms(value: &str) -> Option<u64> {
-        let v = value.trim();
-        let digits = v.strip_prefix('+').unwrap_or(v);
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        digits.bytes().try_fold(0u64, |acc, b| {
-            acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
-        })
+        testing::whole_number(value).and_then(|n| u64::try_from(n).ok())
     }
 
     proptest! {
@@ -374,13 +362,12 @@ mod generated {
         #[test]
         fn sdk_disabled_is_one_boolean_spelling(value in values()) {
             let result = parse_one("OTEL_SDK_DISABLED", &value);
-            let v = value.trim();
-            if v.eq_ignore_ascii_case("true") || v == "1" {
-                prop_assert_eq!(result.unwrap().otlp, None);
-            } else if v.is_empty() || v.eq_ignore_ascii_case("false") || v == "0" {
-                prop_assert!(result.unwrap().otlp.is_some());
-            } else {
-                prop_assert!(result.is_err(), "{value:?} must not default");
+            match testing::boolean(&value) {
+                Some(true) => prop_assert_eq!(result.unwrap().otlp, None),
+                // Unset is `false`.
+                Some(false) => prop_assert!(result.unwrap().otlp.is_some()),
+                None if value.trim().is_empty() => prop_assert!(result.unwrap().otlp.is_some()),
+                None => prop_assert!(result.is_err(), "{value:?} must not default"),
             }
         }
     }

@@ -11,7 +11,8 @@
 //! acknowledged before the disk filled completes, each follower's history with strictly
 //! increasing ids and every tick exactly once; the stored log agrees.
 //!
-//! Short by default; `CHAOS_FAULTS=N` fills and frees the disk N times.
+//! Short by default; `CHAOS_FAULTS=N` fills and frees the disk N times (not passing yet
+//! past two rounds: the WAL takes the freed space, see `docs/reliability.md`).
 
 #![allow(clippy::unwrap_used, clippy::print_stdout, missing_docs)]
 
@@ -274,6 +275,12 @@ async fn disk_full() {
         }
 
         let mut late: Vec<(String, JoinHandle<History>)> = Vec::new();
+        let failed_before = server
+            .logs
+            .snapshot()
+            .iter()
+            .filter(|l| l.contains("attempt failed") && l.contains("database or disk is full"))
+            .count();
         let filled = fill(&filler);
         println!("round {round}: filler took {filled} bytes");
 
@@ -323,14 +330,27 @@ async fn disk_full() {
              (after {accepted_while_full} accepted)"
         );
         // Running tasks cannot write their events either: a step (its tick event and
-        // checkpoint) fails on the full disk, and the attempt with it.
-        let line = server
+        // checkpoint) fails on the full disk, and the attempt with it. (Lines of earlier
+        // rounds do not count.)
+        let step_failed =
+            |l: &String| l.contains("attempt failed") && l.contains("database or disk is full");
+        let deadline = Instant::now() + DEADLINE;
+        while server
             .logs
-            .wait_for("a running task's write failing on the full disk", |l| {
-                l.contains("attempt failed") && l.contains("database or disk is full")
-            })
-            .await;
-        println!("round {round}: a running task's write failed: {line}");
+            .snapshot()
+            .iter()
+            .filter(|l| step_failed(l))
+            .count()
+            <= failed_before
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no running task's write failed on the full disk; logs:\n{}",
+                server.logs.dump()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        println!("round {round}: a running task's write failed on the full disk");
         assert_eq!(server.get("/health", USER).await.status, 200);
         let ready = server.get("/ready", USER).await;
         assert!(

@@ -20,13 +20,10 @@ pub fn whole_number(value: &str) -> Option<u128> {
 
 /// The documented boolean rule: `true`/`false` in any case, `1`/`0`; `None` otherwise.
 pub fn boolean(value: &str) -> Option<bool> {
-    let v = value.trim();
-    if v.eq_ignore_ascii_case("true") || v == "1" {
-        Some(true)
-    } else if v.eq_ignore_ascii_case("false") || v == "0" {
-        Some(false)
-    } else {
-        None
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" => Some(true),
+        "false" | "0" => Some(false),
+        _ => None,
     }
 }
 

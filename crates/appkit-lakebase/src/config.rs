@@ -34,6 +34,21 @@ pub const DEFAULT_REFRESH_MARGIN: Duration = Duration::from_secs(300);
 /// The Lakebase database instance name used with Databricks OAuth.
 pub const ENV_INSTANCE_NAME: &str = "LAKEBASE_INSTANCE_NAME";
 
+/// Every variable [`LakebaseConfig::from_env`] reads (the `PG*` ones and Databricks OAuth's).
+pub const VARIABLES: [&str; 11] = [
+    "PGHOST",
+    "PGPORT",
+    "PGDATABASE",
+    "PGUSER",
+    "PGSSLMODE",
+    "PGAPPNAME",
+    "PGPASSWORD",
+    "DATABRICKS_HOST",
+    "DATABRICKS_CLIENT_ID",
+    "DATABRICKS_CLIENT_SECRET",
+    ENV_INSTANCE_NAME,
+];
+
 /// A hook that adjusts the connect options each time a credential is applied.
 pub type ConnectOptionsHook =
     Arc<dyn Fn(PgConnectOptions, &Credential) -> PgConnectOptions + Send + Sync>;

@@ -245,19 +245,7 @@ mod generated {
         ("DATABRICKS_CLIENT_SECRET", "s3cret"),
         ("LAKEBASE_INSTANCE_NAME", "inst"),
     ];
-    const VARIABLES: [&str; 11] = [
-        "PGHOST",
-        "PGPORT",
-        "PGDATABASE",
-        "PGUSER",
-        "PGSSLMODE",
-        "PGAPPNAME",
-        "PGPASSWORD",
-        "DATABRICKS_HOST",
-        "DATABRICKS_CLIENT_ID",
-        "DATABRICKS_CLIENT_SECRET",
-        "LAKEBASE_INSTANCE_NAME",
-    ];
+    const VARIABLES: [&str; 11] = appkit_lakebase::config::VARIABLES;
     const SECRETS: [&str; 2] = ["PGPASSWORD", "DATABRICKS_CLIENT_SECRET"];
 
     /// Any value, plus the pool's own shapes (TLS modes, URLs, host names).

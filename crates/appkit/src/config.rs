@@ -76,19 +76,7 @@ impl EnvironmentSource {
 
 /// The variables the Lakebase pool is configured with (see
 /// [`LakebaseConfig::from_env`]); read when `PGHOST` is set or the task store is `lakebase`.
-pub const LAKEBASE_VARIABLES: [&str; 11] = [
-    "PGHOST",
-    "PGPORT",
-    "PGDATABASE",
-    "PGUSER",
-    "PGSSLMODE",
-    "PGAPPNAME",
-    "PGPASSWORD",
-    "DATABRICKS_HOST",
-    "DATABRICKS_CLIENT_ID",
-    "DATABRICKS_CLIENT_SECRET",
-    "LAKEBASE_INSTANCE_NAME",
-];
+pub const LAKEBASE_VARIABLES: [&str; 11] = appkit_lakebase::config::VARIABLES;
 
 /// Where the task engine keeps its tasks and events.
 #[derive(Debug, Clone)]

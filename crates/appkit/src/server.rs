@@ -15,13 +15,13 @@
 //! therefore costs at most hyper's bounded write queue plus the kernel's socket buffers,
 //! for at most the timeout.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -107,18 +107,9 @@ async fn serve_connection(
     options: ServeOptions,
     close: CancellationToken,
 ) {
-    let label = Arc::new(ConnLabel {
-        peer,
-        task_key: Mutex::new(None),
-    });
-    let io = TokioIo::new(StallGuard::new(
-        stream,
-        options.write_timeout,
-        label.clone(),
-    ));
+    let io = TokioIo::new(StallGuard::new(stream, options.write_timeout, peer));
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let response = router.clone().oneshot(request);
-        let label = label.clone();
         // Boxed: hyper keeps a slot the size of this future for the whole connection
         // (its in-flight request), so an unboxed router future would cost every idle
         // SSE bridge its full size (~650 bytes); boxed, it is freed once the response
@@ -129,20 +120,25 @@ async fn serve_connection(
                 if let Ok(response) = &response
                     && let Some(key) = response.headers().get(IDEMPOTENCY_KEY_HEADER)
                 {
-                    label.set_task_key(key.clone());
+                    remember_task_key(key);
                 }
                 response
             });
         response
     });
-    let mut conn = pin!(hyper::server::conn::http1::Builder::new().serve_connection(io, service));
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        () = close.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
+    let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+    let result = TASK_KEY
+        .scope(RefCell::new(None), async move {
+            let mut conn = pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => result,
+                () = close.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        })
+        .await;
     if let Err(e) = result {
         debug!(%peer, error = %e, "connection ended with an error");
     }
@@ -167,25 +163,24 @@ async fn accept_failed(e: &io::Error, close: &CancellationToken) {
     }
 }
 
-/// What a connection's log lines name: the peer, and the task of the last SSE bridge it
-/// served.
-#[derive(Debug)]
-struct ConnLabel {
-    peer: SocketAddr,
-    task_key: Mutex<Option<HeaderValue>>,
+tokio::task_local! {
+    /// The task key of the last SSE bridge the connection polled in this task served
+    /// (its response's idempotency-key header), for the stall warning. A task-local
+    /// rather than a shared cell: hyper polls the service's futures and the socket in the
+    /// connection's own task, and a per-connection allocation is paid by every idle
+    /// bridge.
+    static TASK_KEY: RefCell<Option<HeaderValue>>;
 }
 
-impl ConnLabel {
-    fn set_task_key(&self, key: HeaderValue) {
-        *self.task_key.lock().unwrap_or_else(PoisonError::into_inner) = Some(key);
-    }
+fn remember_task_key(key: &HeaderValue) {
+    let _ = TASK_KEY.try_with(|slot| *slot.borrow_mut() = Some(key.clone()));
+}
 
-    fn task_key(&self) -> Option<HeaderValue> {
-        self.task_key
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
+fn task_key() -> Option<HeaderValue> {
+    TASK_KEY
+        .try_with(|slot| slot.borrow().clone())
+        .ok()
+        .flatten()
 }
 
 /// A socket whose writes fail with [`io::ErrorKind::TimedOut`] once one has made no
@@ -199,13 +194,13 @@ pub(crate) struct StallGuard {
     timeout: Duration,
     stall: Option<Pin<Box<Sleep>>>,
     armed: bool,
-    label: Arc<ConnLabel>,
+    peer: SocketAddr,
 }
 
 impl fmt::Debug for StallGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StallGuard")
-            .field("peer", &self.label.peer)
+            .field("peer", &self.peer)
             .field("timeout", &self.timeout)
             .field("armed", &self.armed)
             .finish_non_exhaustive()
@@ -213,13 +208,13 @@ impl fmt::Debug for StallGuard {
 }
 
 impl StallGuard {
-    fn new(stream: TcpStream, timeout: Duration, label: Arc<ConnLabel>) -> Self {
+    fn new(stream: TcpStream, timeout: Duration, peer: SocketAddr) -> Self {
         Self {
             stream,
             timeout,
             stall: None,
             armed: false,
-            label,
+            peer,
         }
     }
 
@@ -246,14 +241,14 @@ impl StallGuard {
         }
         self.armed = false;
         let ms = self.timeout.as_millis();
-        match self.label.task_key() {
+        match task_key() {
             Some(key) => warn!(
                 task.key = %String::from_utf8_lossy(key.as_bytes()),
-                peer = %self.label.peer,
+                peer = %self.peer,
                 "closing connection: the client read nothing for {ms} ms (APPKIT_SSE_WRITE_TIMEOUT_MS)"
             ),
             None => warn!(
-                peer = %self.label.peer,
+                peer = %self.peer,
                 "closing connection: the client read nothing for {ms} ms (APPKIT_SSE_WRITE_TIMEOUT_MS)"
             ),
         }
@@ -321,11 +316,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let client = TcpStream::connect(addr).await.unwrap();
         let (server, peer) = listener.accept().await.unwrap();
-        let label = Arc::new(ConnLabel {
-            peer,
-            task_key: Mutex::new(None),
-        });
-        (StallGuard::new(server, timeout, label), client)
+        (StallGuard::new(server, timeout, peer), client)
     }
 
     /// Writes until a write has been pending for the timeout; returns the bytes written.

@@ -1,13 +1,16 @@
 //! One SSE response fed by one task's event stream.
 
 use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::{Stream, StreamExt, stream};
+use futures_util::{Stream, StreamExt};
 use taskflow::{EventKind, EventStream, TaskEvent};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::{debug, warn};
 
 use super::keepalive::keep_alive;
@@ -61,67 +64,75 @@ enum Phase {
     Done,
 }
 
-/// One bridge's state. The task key lives once, in the guard: every byte here is paid by
-/// every open bridge (twice, as the stream's slot and inside its pending future).
+/// One bridge's state, polled by hand rather than through `stream::unfold`: unfold keeps
+/// a slot for the state and, while a frame is pending, a second copy inside its future,
+/// and every byte here is paid by every open bridge. The task key lives once, in the
+/// guard.
 struct State {
     phase: Phase,
     events: EventStream,
     guard: BridgeGuard,
     redact: bool,
+    /// Resolves when the server drains bridges at shutdown.
+    drain: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 /// The frames: `ready`, then each task event but `created`, until a terminal event, the
 /// shutdown drain, or an error.
 fn frames(params: BridgeParams) -> impl Stream<Item = Result<Event, Infallible>> + Send {
-    let state = State {
+    let drain = Box::pin(params.guard.drain_token().clone().cancelled_owned());
+    State {
         phase: Phase::Ready,
         events: params.events,
         guard: params.guard,
         redact: params.redact,
-    };
-    stream::unfold(state, |mut st| async move {
-        let frame = next_frame(&mut st).await?;
-        Some((Ok(frame), st))
-    })
+        drain,
+    }
 }
 
-async fn next_frame(st: &mut State) -> Option<Event> {
+impl Stream for State {
+    type Item = Result<Event, Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let st = self.get_mut();
+        next_frame(st, cx).map(|frame| frame.map(Ok))
+    }
+}
+
+fn next_frame(st: &mut State, cx: &mut Context<'_>) -> Poll<Option<Event>> {
     match st.phase {
-        Phase::Done => return None,
+        Phase::Done => return Poll::Ready(None),
         Phase::Ready => {
             st.phase = Phase::Streaming;
             let data = serde_json::json!({ "idempotencyKey": st.guard.key() }).to_string();
-            return Some(Event::default().event("ready").data(data));
+            return Poll::Ready(Some(Event::default().event("ready").data(data)));
         }
         Phase::Streaming => {}
     }
-    let drain = st.guard.drain_token().clone();
     loop {
-        let next = tokio::select! {
-            biased;
-            () = drain.cancelled() => None,
-            next = st.events.next() => Some(next),
-        };
-        let Some(next) = next else {
-            return Some(close(st, Outcome::Closed, SHUTTING_DOWN_MESSAGE.to_owned()));
-        };
-        match next {
+        // The drain first, as a biased select would.
+        if st.drain.as_mut().poll(cx).is_ready() {
+            let message = SHUTTING_DOWN_MESSAGE.to_owned();
+            return Poll::Ready(Some(close(st, Outcome::Closed, message)));
+        }
+        let frame = match ready!(st.events.poll_next_unpin(cx)) {
             None => {
                 st.phase = Phase::Done;
                 st.guard.finish(Outcome::TaskEnded);
-                return None;
+                return Poll::Ready(None);
             }
-            Some(Ok(event)) if event.kind == EventKind::Created => {}
-            Some(Ok(event)) => return Some(event_frame(st, &event)),
+            Some(Ok(event)) if event.kind == EventKind::Created => continue,
+            Some(Ok(event)) => event_frame(st, &event),
             Some(Err(taskflow::Error::ShuttingDown)) => {
-                return Some(close(st, Outcome::Closed, SHUTTING_DOWN_MESSAGE.to_owned()));
+                close(st, Outcome::Closed, SHUTTING_DOWN_MESSAGE.to_owned())
             }
             Some(Err(e)) => {
                 warn!(task.key = %st.guard.key(), error = %e, "task event stream failed");
                 let message = in_band_message(st.redact, &Error::from(e));
-                return Some(close(st, Outcome::Closed, message));
+                close(st, Outcome::Closed, message)
             }
-        }
+        };
+        return Poll::Ready(Some(frame));
     }
 }
 

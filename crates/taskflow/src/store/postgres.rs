@@ -189,6 +189,11 @@ macro_rules! purgeable {
     };
 }
 
+// Statements that address rows by id test their status as `status || '' = '…'`: the same
+// condition, but one that does not let the planner use a partial status index. With
+// statistics taken while no task was pending or running (a VACUUM ANALYZE after history),
+// it would otherwise read all of `tasks_pending` or `tasks_lease`, dead entries included,
+// once per id (a claim of 55 tasks: 124,245 rows compared, 77 ms) instead of the key.
 static SQL: Sql = Sql {
     task_by_key: concat!(
         "SELECT ",
@@ -207,7 +212,7 @@ static SQL: Sql = Sql {
     ),
     pending_count: "SELECT count(*) AS n FROM tasks WHERE status = 'pending'",
     still_pending: "SELECT id FROM tasks \
-         WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb)) AND status = 'pending'",
+         WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb)) AND status || '' = 'pending'",
     health: "SELECT 1",
     // Plans are made for each execution (`force_custom_plan`), with the tables' current
     // sizes: a prepared statement's cached generic plan is otherwise fixed while the tables
@@ -254,13 +259,13 @@ static SQL: Sql = Sql {
         "UPDATE tasks SET status = 'running', attempt = attempt + 1, epoch = epoch + 1, \
          owner_node = $1, lease_expires_at = $2, control = NULL, recovery = FALSE, \
          last_seq = last_seq + 1, updated_at = $3 \
-         WHERE id IN (SELECT jsonb_array_elements_text($4::jsonb)) AND status = 'pending' \
+         WHERE id IN (SELECT jsonb_array_elements_text($4::jsonb)) AND status || '' = 'pending' \
          RETURNING ",
         task_columns!(),
         ", epoch"
     ),
     bump_seq: "UPDATE tasks SET last_seq = last_seq + $1, updated_at = $2 \
-         WHERE id = $3 AND owner_node = $4 AND epoch = $5 AND status = 'running' \
+         WHERE id = $3 AND owner_node = $4 AND epoch = $5 AND status || '' = 'running' \
          RETURNING id, last_seq",
     insert_step: "INSERT INTO task_steps (task_id, name, result, created_at) \
          VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
@@ -276,7 +281,7 @@ static SQL: Sql = Sql {
                (value ->> 'bump')::bigint AS bump, (value ->> 'now')::bigint AS now \
                FROM jsonb_array_elements($1::jsonb) AS value) AS v \
          WHERE tasks.id = v.id AND tasks.owner_node = v.node AND tasks.epoch = v.epoch \
-         AND tasks.status = 'running' RETURNING tasks.id AS id, tasks.last_seq AS last_seq",
+         AND tasks.status || '' = 'running' RETURNING tasks.id AS id, tasks.last_seq AS last_seq",
     control_status: "SELECT status FROM tasks WHERE id = $1 FOR UPDATE",
     control_update: "UPDATE tasks SET status = $1, \
          run_at = CASE WHEN $1 = 'pending' THEN $2 ELSE run_at END, \
@@ -288,7 +293,7 @@ static SQL: Sql = Sql {
          lease_expires_at = CASE WHEN $1 = 'cancelled' THEN NULL ELSE lease_expires_at END, \
          last_seq = last_seq + 1, updated_at = $2 WHERE id = $3 AND status = $4 \
          RETURNING id, last_seq",
-    request_stop: "UPDATE tasks SET control = 'stop' WHERE id = $1 AND status = 'running'",
+    request_stop: "UPDATE tasks SET control = 'stop' WHERE id = $1 AND status || '' = 'running'",
     lease_renew: "UPDATE tasks SET lease_expires_at = $1 \
          WHERE owner_node = $2 AND status = 'running' RETURNING id, epoch, control",
     reap_candidates: "SELECT id, epoch, attempt, recoveries, max_recoveries, auto_recover, \
@@ -298,7 +303,7 @@ static SQL: Sql = Sql {
          owner_node = NULL, lease_expires_at = NULL, control = NULL, recovery = TRUE, \
          recoveries = recoveries + 1, attempt = attempt - $3, run_at = $4, \
          last_seq = last_seq + 1, updated_at = $4 \
-         WHERE id = $5 AND status = 'running' AND epoch = $6 RETURNING id, last_seq",
+         WHERE id = $5 AND status || '' = 'running' AND epoch = $6 RETURNING id, last_seq",
     purge_ids: concat!("SELECT id FROM tasks WHERE ", purgeable!(), " LIMIT $3"),
     purge_events: "DELETE FROM task_events \
          WHERE task_id IN (SELECT jsonb_array_elements_text($1::jsonb))",

@@ -38,3 +38,8 @@ pub use credentials::{
 pub use error::{BoxError, ConfigError, ConfigProblem, Error, Result};
 pub use pool::LakebasePool;
 pub use sqlx::postgres::{PgConnectOptions, PgPool, PgSslMode};
+
+/// This crate's README, compiled as doc tests so it cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -45,3 +45,8 @@ pub use config::{ConfigError, TelemetryConfig};
 pub use error::{Error, Result};
 pub use http::{http_server_span, record_http_status};
 pub use init::{TelemetryGuard, init};
+
+/// This crate's README, compiled as doc tests so it cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -262,26 +262,7 @@ impl TestDb {
     /// # Panics
     /// When the query fails.
     pub async fn events(&self, key: &str) -> Vec<EventRow> {
-        let sql = format!(
-            "SELECT e.seq, e.kind, e.name, e.payload, e.created_at FROM {s}.task_events e \
-             JOIN {s}.tasks t ON t.id = e.task_id \
-             WHERE t.idempotency_key = $1 ORDER BY t.created_at, e.seq",
-            s = self.schema
-        );
-        sqlx::query(AssertSqlSafe(sql))
-            .bind(key)
-            .fetch_all(&self.admin)
-            .await
-            .expect("read events")
-            .into_iter()
-            .map(|r| EventRow {
-                seq: r.get("seq"),
-                kind: r.get("kind"),
-                name: r.get("name"),
-                payload: r.get("payload"),
-                at: r.get("created_at"),
-            })
-            .collect()
+        events_in(&self.admin, &self.schema, key).await
     }
 
     /// How many task rows carry idempotency key `key`.
@@ -433,6 +414,33 @@ impl TestDb {
         admin_exec(&self.admin, &format!("DROP ROLE IF EXISTS {}", self.schema)).await;
         self.admin.close().await;
     }
+}
+
+/// Every stored event of the task with idempotency key `key` in `schema`, read through
+/// `pool` (any database holding a task store), by seq.
+///
+/// # Panics
+/// When the query fails.
+pub async fn events_in(pool: &PgPool, schema: &str, key: &str) -> Vec<EventRow> {
+    let sql = format!(
+        "SELECT e.seq, e.kind, e.name, e.payload, e.created_at FROM {schema}.task_events e \
+         JOIN {schema}.tasks t ON t.id = e.task_id \
+         WHERE t.idempotency_key = $1 ORDER BY t.created_at, e.seq"
+    );
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(key)
+        .fetch_all(pool)
+        .await
+        .unwrap_or_else(|e| panic!("read task {key}'s events: {}", crate::error_chain(&e)))
+        .into_iter()
+        .map(|r| EventRow {
+            seq: r.get("seq"),
+            kind: r.get("kind"),
+            name: r.get("name"),
+            payload: r.get("payload"),
+            at: r.get("created_at"),
+        })
+        .collect()
 }
 
 /// The server's task-engine node id, from its `task engine started node=…` line.

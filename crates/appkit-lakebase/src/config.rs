@@ -150,16 +150,17 @@ impl LakebaseConfig {
         Self::from_reader(Env::process())
     }
 
-    /// Reads the configuration from the environment if `PGHOST` is set, the sign that a
-    /// database is attached; `Ok(None)` otherwise.
+    /// Reads the configuration from the environment if `PGHOST` is set (not empty or only
+    /// whitespace), the sign that a database is attached; `Ok(None)` otherwise.
     ///
     /// # Errors
     ///
     /// As [`LakebaseConfig::from_env`].
     pub fn from_env_if_configured() -> Result<Option<Self>> {
-        match std::env::var_os("PGHOST") {
-            Some(host) if !host.is_empty() => Self::from_env().map(Some),
-            _ => Ok(None),
+        if Env::process().is_set("PGHOST") {
+            Self::from_env().map(Some)
+        } else {
+            Ok(None)
         }
     }
 

@@ -84,12 +84,11 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        connections.spawn(serve_connection(
-            stream,
-            peer,
-            router.clone(),
-            options,
-            close.clone(),
+        // The task-local wraps the connection's future directly: an async fn around it
+        // would keep a second slot the size of hyper's connection in every task.
+        connections.spawn(TASK_KEY.scope(
+            RefCell::new(None),
+            serve_connection(stream, peer, router.clone(), options, close.clone()),
         ));
     }
     drop(listener);
@@ -126,19 +125,14 @@ async fn serve_connection(
             });
         response
     });
-    let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
-    let result = TASK_KEY
-        .scope(RefCell::new(None), async move {
-            let mut conn = pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => result,
-                () = close.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
-        })
-        .await;
+    let mut conn = pin!(hyper::server::conn::http1::Builder::new().serve_connection(io, service));
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = close.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
     if let Err(e) = result {
         debug!(%peer, error = %e, "connection ended with an error");
     }

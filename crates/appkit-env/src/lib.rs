@@ -19,7 +19,8 @@
 //! - **Whole numbers and byte sizes**: decimal digits within the type's range and at least
 //!   the stated minimum. Byte sizes are whole bytes, at least 1.
 //! - **Durations**: whole milliseconds (`…_MS` in AppKit's own names; OpenTelemetry's
-//!   variables are milliseconds too), at least the stated minimum.
+//!   variables are milliseconds too), at least the stated minimum and at most
+//!   [`MAX_MILLIS`] (about 31 years).
 //! - **Choices**: one of the listed words, exactly (case-sensitive).
 //! - **URLs**: parsed by the `url` crate; in a problem, a URL's password is shown as
 //!   [`REDACTED_PASSWORD`].
@@ -64,6 +65,11 @@ enum Raw {
     Value(String),
     NotUnicode,
 }
+
+/// The longest duration [`Env::millis`] accepts: 10^12 ms, about 31 years. Longer values
+/// are errors, so that deadlines computed from a duration (`now + duration`, in
+/// milliseconds since 1970 or as an `Instant`) cannot overflow.
+pub const MAX_MILLIS: u64 = 1_000_000_000_000;
 
 /// Reads variables through a lookup and collects the [`Problems`] of bad ones.
 pub struct Env<'a> {
@@ -196,12 +202,13 @@ impl<'a> Env<'a> {
         })
     }
 
-    /// A duration in whole milliseconds, at least `min_ms`.
+    /// A duration in whole milliseconds, from `min_ms` to [`MAX_MILLIS`].
     pub fn millis(&mut self, name: &'static str, min_ms: u64) -> Option<Duration> {
         self.parse(name, |v| match v.parse::<u64>() {
-            Ok(ms) if ms >= min_ms => Ok(Duration::from_millis(ms)),
-            _ if min_ms == 0 => Err("a whole number of milliseconds".to_owned()),
-            _ => Err(format!("a whole number of milliseconds, at least {min_ms}")),
+            Ok(ms) if (min_ms..=MAX_MILLIS).contains(&ms) => Ok(Duration::from_millis(ms)),
+            _ => Err(format!(
+                "a whole number of milliseconds from {min_ms} to {MAX_MILLIS} (about 31 years)"
+            )),
         })
     }
 

@@ -4,6 +4,8 @@
 
 use proptest::prelude::*;
 
+use crate::Problems;
+
 /// The documented whole-number rule, written without `str::parse`: surrounding
 /// whitespace, then an optional `+` and decimal digits only; `None` for anything else or
 /// beyond `u128`. Compare the result with the range the variable allows.
@@ -44,4 +46,15 @@ pub fn values() -> impl Strategy<Value = String> {
         Just("١٢٣".to_owned()),
         Just("１２".to_owned()),
     ]
+}
+
+/// Everything `problems` shows but the variables' names (their values and expected
+/// forms), to check that a secret is not among it: a secret may share letters with a name.
+pub fn shown(problems: &Problems) -> String {
+    problems
+        .problems()
+        .iter()
+        .map(|p| format!("{} {}", p.value().unwrap_or_default(), p.expected()))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

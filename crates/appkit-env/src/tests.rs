@@ -81,7 +81,7 @@ proptest! {
     fn durations_and_sizes_parse_or_name_the_variable(value in values(), min in 0u64..2) {
         let mut env = env_with(&value);
         let got = env.millis(VAR, min);
-        let want = whole(&value, min.into(), u64::MAX.into())
+        let want = whole(&value, min.into(), MAX_MILLIS.into())
             .and_then(|n| u64::try_from(n).ok())
             .map(Duration::from_millis);
         check(&value, got, &env, want);
@@ -110,8 +110,8 @@ proptest! {
         let mut env = env_with(&secret);
         let got: Option<()> = env.parse_shown(VAR, Shown::Secret, |_| Err("never".to_owned()));
         prop_assert_eq!(got, None);
-        let text = format!("{} {:?}", env.problems(), env.problems());
-        prop_assert!(text.contains(VAR) && text.contains(REDACTED), "{}", text);
+        let text = crate::testing::shown(env.problems());
+        prop_assert!(env.problems().names(VAR) && text.contains(REDACTED), "{}", text);
         prop_assert!(!text.contains(&secret), "{}", text);
     }
 
@@ -134,8 +134,8 @@ proptest! {
         let value = format!("{scheme}://{user}:{shown_password}{rest}");
         let mut env = env_with(&value);
         let _ = env.url(VAR, &["https"]);
-        let text = format!("{} {:?}", env.problems(), env.problems());
-        prop_assert!(text.contains(VAR), "{}", text);
+        let text = crate::testing::shown(env.problems());
+        prop_assert!(env.problems().names(VAR), "{}", text);
         prop_assert!(!text.contains(&password), "{}", text);
         prop_assert!(!text.contains(&shown_password), "{}", text);
     }

@@ -289,9 +289,9 @@ impl AsyncWrite for StallGuard {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let poll = Pin::new(&mut this.stream).poll_flush(cx);
-        this.check(cx, poll)
+        // A TCP socket has nothing to flush: its `Ready` says nothing about progress, so
+        // it neither arms nor disarms the stall timer.
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

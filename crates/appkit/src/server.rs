@@ -158,11 +158,11 @@ async fn accept_failed(e: &io::Error, close: &CancellationToken) {
 }
 
 tokio::task_local! {
-    /// The task key of the last SSE bridge the connection polled in this task served
-    /// (its response's idempotency-key header), for the stall warning. A task-local
-    /// rather than a shared cell: hyper polls the service's futures and the socket in the
-    /// connection's own task, and a per-connection allocation is paid by every idle
-    /// bridge.
+    /// The task key of the last SSE bridge this connection served (its response's
+    /// idempotency-key header), for the stall warning; each connection's task has its
+    /// own. A task-local rather than a shared cell: hyper polls the service's futures and
+    /// the socket in the connection's own task, and a per-connection allocation would be
+    /// paid by every idle bridge.
     static TASK_KEY: RefCell<Option<HeaderValue>>;
 }
 
@@ -180,9 +180,9 @@ fn task_key() -> Option<HeaderValue> {
 /// A socket whose writes fail with [`io::ErrorKind::TimedOut`] once one has made no
 /// progress for `timeout` (the peer stopped reading and the kernel's send buffer is full).
 ///
-/// The timer exists only while a write is pending: an idle connection, or one whose
-/// writes complete, holds none. It is allocated at the first stall and re-armed at each
-/// later one.
+/// No timer is allocated until a write first blocks (an idle bridge never has one); from
+/// then on the connection keeps it, re-armed at each later stall. Only a write that moves
+/// bytes counts as progress.
 pub(crate) struct StallGuard {
     stream: TcpStream,
     timeout: Duration,

@@ -2,7 +2,8 @@
 //! directory (WAL, `synchronous=NORMAL`, the engine's defaults), engine and bench sharing
 //! one multi-threaded tokio runtime, as in an app that embeds the engine. With
 //! `--store postgres` the engine runs on a Postgres store in a fresh schema of the
-//! database at `TEST_DATABASE_URL` instead (same phases, same fields).
+//! database at `TEST_DATABASE_URL` instead (same phases, same fields), dropped when the
+//! run ends.
 //!
 //! # Workloads (`--workload`)
 //!
@@ -234,6 +235,7 @@ pub(crate) async fn run(opts: Options) -> Result<String> {
         Workload::Drain => (drain(&opts, &spec, config, &rec).await?, None),
     };
     let report = report(&opts, &tp, lat.as_ref());
+    spec.remove().await?;
     Ok(serde_json::to_string(&report)?)
 }
 

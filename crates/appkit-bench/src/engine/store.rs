@@ -17,8 +17,8 @@ use super::StoreKind;
 pub(super) enum StoreSpec {
     /// A SQLite file.
     Sqlite(PathBuf),
-    /// A schema of the database at `TEST_DATABASE_URL`.
-    Postgres(Box<PgConnectOptions>),
+    /// A schema of the database at `TEST_DATABASE_URL`: its connection options, its name.
+    Postgres(Box<PgConnectOptions>, String),
 }
 
 impl StoreSpec {
@@ -26,7 +26,10 @@ impl StoreSpec {
     pub(super) async fn create(kind: StoreKind, dir: &Path) -> Result<Self> {
         Ok(match kind {
             StoreKind::Sqlite => Self::Sqlite(dir.join("tasks.db")),
-            StoreKind::Postgres => Self::Postgres(Box::new(fresh_schema().await?)),
+            StoreKind::Postgres => {
+                let (opts, schema) = fresh_schema().await?;
+                Self::Postgres(Box::new(opts), schema)
+            }
         })
     }
 
@@ -34,7 +37,7 @@ impl StoreSpec {
     pub(super) async fn start(&self, config: Config) -> Result<TaskFlow> {
         Ok(match self {
             Self::Sqlite(path) => TaskFlow::start(SqliteStore::open(path).await?, config).await?,
-            Self::Postgres(opts) => TaskFlow::start(postgres(opts).await?, config).await?,
+            Self::Postgres(opts, _) => TaskFlow::start(postgres(opts).await?, config).await?,
         })
     }
 
@@ -42,15 +45,33 @@ impl StoreSpec {
     pub(super) fn postgres(&self) -> Option<&PgConnectOptions> {
         match self {
             Self::Sqlite(_) => None,
-            Self::Postgres(opts) => Some(opts),
+            Self::Postgres(opts, _) => Some(opts),
         }
+    }
+
+    /// Drops the run's Postgres schema (the SQLite file goes with its temporary directory),
+    /// so runs leave nothing behind on a shared server.
+    pub(super) async fn remove(&self) -> Result<()> {
+        if let Self::Postgres(opts, schema) = self {
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .connect_with((**opts).clone())
+                .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+            )))
+            .execute(&pool)
+            .await?;
+            pool.close().await;
+        }
+        Ok(())
     }
 
     /// The store's internal write interface (to fill history without an engine).
     pub(super) async fn storage(&self) -> Result<Arc<dyn Storage>> {
         Ok(match self {
             Self::Sqlite(path) => taskflow::testing::storage(SqliteStore::open(path).await?),
-            Self::Postgres(opts) => taskflow::testing::storage(postgres(opts).await?),
+            Self::Postgres(opts, _) => taskflow::testing::storage(postgres(opts).await?),
         })
     }
 }
@@ -65,7 +86,7 @@ async fn postgres(opts: &PgConnectOptions) -> Result<PostgresStore> {
 
 /// A fresh schema of the database at `TEST_DATABASE_URL`, `VACUUM ANALYZE`d after filling
 /// like the peers' harness does (see `history`).
-async fn fresh_schema() -> Result<PgConnectOptions> {
+async fn fresh_schema() -> Result<(PgConnectOptions, String)> {
     let url = std::env::var("TEST_DATABASE_URL").map_err(|_| {
         anyhow::anyhow!(
             "--store postgres reads TEST_DATABASE_URL (e.g. postgres://postgres@127.0.0.1:5432/test)"
@@ -84,14 +105,15 @@ async fn fresh_schema() -> Result<PgConnectOptions> {
         .await?;
     admin.close().await;
     eprintln!("engine: postgres schema {schema}");
-    Ok(PgConnectOptions::from_str(&url)?
+    let opts = PgConnectOptions::from_str(&url)?
         .options([("search_path", schema.as_str())])
-        .application_name(&super::cpu::application_name()))
+        .application_name(&super::cpu::application_name());
+    Ok((opts, schema))
 }
 
 /// `VACUUM ANALYZE` of the engine's tables, before a measured run (Postgres only).
 pub(super) async fn vacuum(spec: &StoreSpec) -> Result<()> {
-    if let StoreSpec::Postgres(opts) = spec {
+    if let StoreSpec::Postgres(opts, _) = spec {
         let pool = PgPoolOptions::new()
             .max_connections(1)
             .connect_with((**opts).clone())

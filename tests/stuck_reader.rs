@@ -16,6 +16,8 @@
 //!   (test-short) timeout, logging the task key once, and the client sees the end of the
 //!   stream (EOF or reset) after fewer bytes than it asked for.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::net::SocketAddr;

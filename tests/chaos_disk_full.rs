@@ -18,12 +18,11 @@
 mod common;
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{DEADLINE, Frame, Server, Sse, temp_dir};
+use common::{DEADLINE, History, Server, Sse, temp_dir};
 use serde_json::Value;
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
@@ -120,57 +119,6 @@ fn fill(path: &Path) -> u64 {
     written
 }
 
-/// What a browser following one task saw, across every attach.
-struct History {
-    key: String,
-    frames: Vec<Frame>,
-    reattached: u32,
-}
-
-/// Reads `sse` to its end; re-attaches with `Last-Event-ID` whenever it ends without
-/// `completed`, retrying while the attach is refused with 503.
-async fn follow(addr: SocketAddr, user: String, key: String, mut sse: Sse) -> History {
-    let deadline = Instant::now() + FOLLOW_DEADLINE;
-    let mut frames: Vec<Frame> = Vec::new();
-    let mut reattached = 0;
-    loop {
-        let mut done = false;
-        while let Some(frame) = sse.next_frame().await {
-            if frame.event == "ready" || frame.event == "error" {
-                continue;
-            }
-            done |= frame.event == "completed";
-            frames.push(frame);
-        }
-        if done {
-            break;
-        }
-        let last = frames.iter().rev().find_map(|f| f.id).unwrap_or(0);
-        let last = last.to_string();
-        let path = format!("/api/demo/tasks/{key}/events");
-        sse = loop {
-            assert!(Instant::now() < deadline, "task {key}: not completed");
-            let headers = [
-                ("X-Forwarded-User", user.as_str()),
-                ("Last-Event-ID", last.as_str()),
-            ];
-            match Sse::open(addr, "GET", &path, &headers, None).await {
-                Ok(sse) => break sse,
-                Err(r) => {
-                    assert_eq!(r.status, 503, "task {key}: re-attach refused: {}", r.text());
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        };
-        reattached += 1;
-    }
-    History {
-        key,
-        frames,
-        reattached,
-    }
-}
-
 /// Stored events of the task with `key`: (seq, kind, tick i).
 async fn stored(db: &Path, key: &str) -> Vec<(i64, String, Option<u64>)> {
     let options = SqliteConnectOptions::new().filename(db).read_only(true);
@@ -265,7 +213,7 @@ async fn disk_full() {
                 .unwrap()
                 .to_owned();
             assert_eq!(sse.next_frame().await.unwrap().event, "ready");
-            let follower = follow(server.addr, USER.to_owned(), key.clone(), sse);
+            let follower = common::follow(server.addr, USER, key.clone(), sse, FOLLOW_DEADLINE);
             load.push((key, tokio::spawn(follower)));
             acknowledged += 1;
         }
@@ -315,7 +263,13 @@ async fn disk_full() {
                         .header("X-AppKit-Task-Idempotency-Key")
                         .unwrap()
                         .to_owned();
-                    let follower = follow(server.addr, late_user.clone(), key.clone(), sse);
+                    let follower = common::follow(
+                        server.addr,
+                        late_user.clone(),
+                        key.clone(),
+                        sse,
+                        FOLLOW_DEADLINE,
+                    );
                     late.push((key, tokio::spawn(follower)));
                     accepted_while_full += 1;
                     acknowledged += 1;

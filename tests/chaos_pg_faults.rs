@@ -35,11 +35,11 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use common::{DEADLINE, Frame, Server, Sse, temp_dir};
+use common::{DEADLINE, History, Server, temp_dir};
 use pg::{EventRow, SHORT_LEASE_MS, SHORT_REAP_MS, TestDb, assert_count_ran_once};
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::AssertSqlSafe;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -90,76 +90,6 @@ where
     }
 }
 
-/// What a browser following one task saw, across every attach.
-struct History {
-    key: String,
-    frames: Vec<Frame>,
-    reattached: u32,
-}
-
-impl History {
-    /// Ids strictly increasing across attaches, ticks 1..=n each once, `completed` last.
-    fn check(&self, n: u64) {
-        let key = &self.key;
-        let ids: Vec<u64> = self.frames.iter().filter_map(|f| f.id).collect();
-        assert!(
-            ids.windows(2).all(|w| w[0] < w[1]),
-            "task {key}: ids strictly increasing across re-attaches: {ids:?}"
-        );
-        assert_eq!(
-            common::ticks(&self.frames),
-            (1..=n).collect::<Vec<_>>(),
-            "task {key}: every tick once: {:#?}",
-            self.frames
-        );
-        let completed = self.frames.iter().filter(|f| f.event == "completed");
-        assert_eq!(completed.count(), 1, "task {key}: one completed");
-        assert_eq!(self.frames.last().unwrap().event, "completed", "task {key}");
-    }
-}
-
-/// Reads `sse` to its end; whenever it ends without `completed` (an in-band `error`, or the
-/// connection closed), re-attaches with `Last-Event-ID` as a browser would, retrying while
-/// the attach is refused with 503, until the task's stream ends with `completed`.
-async fn follow(addr: SocketAddr, key: String, mut sse: Sse) -> History {
-    let deadline = Instant::now() + FOLLOW_DEADLINE;
-    let mut frames: Vec<Frame> = Vec::new();
-    let mut reattached = 0;
-    loop {
-        let mut done = false;
-        while let Some(frame) = sse.next_frame().await {
-            if frame.event == "ready" || frame.event == "error" {
-                continue;
-            }
-            done |= frame.event == "completed";
-            frames.push(frame);
-        }
-        if done {
-            break;
-        }
-        let last = frames.iter().rev().find_map(|f| f.id).unwrap_or(0);
-        let last = last.to_string();
-        let path = format!("/api/demo/tasks/{key}/events");
-        sse = loop {
-            assert!(Instant::now() < deadline, "task {key}: not completed");
-            let headers = [("X-Forwarded-User", USER), ("Last-Event-ID", last.as_str())];
-            match Sse::open(addr, "GET", &path, &headers, None).await {
-                Ok(sse) => break sse,
-                Err(r) => {
-                    assert_eq!(r.status, 503, "task {key}: re-attach refused: {}", r.text());
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        };
-        reattached += 1;
-    }
-    History {
-        key,
-        frames,
-        reattached,
-    }
-}
-
 /// Count tasks for `round`, each streamed and followed; their keys and followers. Each is
 /// acknowledged: its stream answered 200 with the `ready` frame.
 async fn start_load(server: &Server, round: u32) -> Vec<(String, JoinHandle<History>)> {
@@ -173,7 +103,10 @@ async fn start_load(server: &Server, round: u32) -> Vec<(String, JoinHandle<Hist
             .unwrap()
             .to_owned();
         assert_eq!(sse.next_frame().await.unwrap().event, "ready");
-        load.push((key.clone(), tokio::spawn(follow(server.addr, key, sse))));
+        load.push((
+            key.clone(),
+            tokio::spawn(common::follow(server.addr, USER, key, sse, FOLLOW_DEADLINE)),
+        ));
     }
     load
 }
@@ -257,7 +190,7 @@ async fn assert_recovered<C, CF, E, EF>(
     );
     for (key, follower) in load {
         let history = follower.await.unwrap();
-        history.check(TICKS);
+        history.check_count(TICKS);
         let stored = events(key.clone()).await;
         assert_count_ran_once(&key, &stored, TICKS);
         println!(
@@ -306,30 +239,6 @@ where
     }
 }
 
-/// The stored events of the task with key `key` in `schema` (`None`: the search path).
-async fn events_in(pool: &PgPool, schema: Option<&str>, key: &str) -> Vec<EventRow> {
-    let s = schema.map(|s| format!("{s}.")).unwrap_or_default();
-    let sql = format!(
-        "SELECT e.seq, e.kind, e.name, e.payload, e.created_at FROM {s}task_events e \
-         JOIN {s}tasks t ON t.id = e.task_id \
-         WHERE t.idempotency_key = $1 ORDER BY t.created_at, e.seq"
-    );
-    sqlx::query(AssertSqlSafe(sql))
-        .bind(key)
-        .fetch_all(pool)
-        .await
-        .expect("read events")
-        .into_iter()
-        .map(|r| EventRow {
-            seq: r.get("seq"),
-            kind: r.get("kind"),
-            name: r.get("name"),
-            payload: r.get("payload"),
-            at: r.get("created_at"),
-        })
-        .collect()
-}
-
 /// How many tasks `schema` (`None`: the search path) holds.
 async fn tasks_in(pool: &PgPool, schema: Option<&str>) -> i64 {
     let s = schema.map(|s| format!("{s}.")).unwrap_or_default();
@@ -364,7 +273,7 @@ async fn terminated_connections() {
     let schema = db.schema.clone();
     let events = |key: String| {
         let (admin, schema) = (db.admin.clone(), schema.clone());
-        async move { events_in(&admin, Some(&schema), &key).await }
+        async move { pg::events_in(&admin, &schema, &key).await }
     };
     let count = || {
         let (admin, schema) = (db.admin.clone(), schema.clone());
@@ -589,7 +498,7 @@ async fn restarted_database() {
     assert_eq!(server.get("/ready", USER).await.status, 200);
     let events = |key: String| {
         let admin = admin.clone();
-        async move { events_in(&admin, None, &key).await }
+        async move { pg::events_in(&admin, "public", &key).await }
     };
     let count = || {
         let admin = admin.clone();
@@ -711,7 +620,7 @@ async fn paused_database() {
     let schema = db.schema.clone();
     let events = |key: String| {
         let (admin, schema) = (db.admin.clone(), schema.clone());
-        async move { events_in(&admin, Some(&schema), &key).await }
+        async move { pg::events_in(&admin, &schema, &key).await }
     };
     let count = || {
         let (admin, schema) = (db.admin.clone(), schema.clone());

@@ -10,8 +10,8 @@
 pub use appkit_testkit::otlp;
 pub use appkit_testkit::server::attach;
 pub use appkit_testkit::{
-    DEADLINE, Frame, Item, Logs, ProcStats, Received, Response, Server, Sse, SseError, base_env,
-    error_chain, http_client, request, run_to_exit, temp_dir, ticks, wait_for,
+    DEADLINE, Frame, History, Item, Logs, ProcStats, Received, Response, Server, Sse, SseError,
+    base_env, error_chain, follow, http_client, request, run_to_exit, temp_dir, ticks, wait_for,
 };
 
 /// The binary under test, as cargo built it for this package's tests.

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 pub use http::{Response, request};
 pub use server::{Logs, ProcStats, Server, base_env, binary, run_to_exit};
-pub use sse::{Frame, Item, Received, Sse, SseError, ticks};
+pub use sse::{Frame, History, Item, Received, Sse, SseError, follow, ticks};
 
 /// Generous bound for anything to happen on a loaded 2-core machine.
 pub const DEADLINE: Duration = Duration::from_secs(30);

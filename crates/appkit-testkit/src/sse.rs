@@ -315,3 +315,99 @@ pub fn ticks(frames: &[Frame]) -> Vec<u64> {
         .map(|f| f.json()["i"].as_u64().expect("tick i"))
         .collect()
 }
+
+/// What a browser following one task saw, across every attach: see [`follow`].
+#[derive(Debug)]
+pub struct History {
+    /// The task's idempotency key.
+    pub key: String,
+    /// Every frame but `ready` and `error`, in the order received.
+    pub frames: Vec<Frame>,
+    /// How many times the follower re-attached.
+    pub reattached: u32,
+}
+
+impl History {
+    /// Checks a demo `count` of `n` ticks: ids strictly increasing across re-attaches,
+    /// ticks `1..=n` each once, one `completed`, and it last.
+    ///
+    /// # Panics
+    /// When any of that does not hold.
+    pub fn check_count(&self, n: u64) {
+        let key = &self.key;
+        let ids: Vec<u64> = self.frames.iter().filter_map(|f| f.id).collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "task {key}: ids strictly increasing across re-attaches: {ids:?}"
+        );
+        assert_eq!(
+            ticks(&self.frames),
+            (1..=n).collect::<Vec<_>>(),
+            "task {key}: every tick once: {:#?}",
+            self.frames
+        );
+        let completed = self.frames.iter().filter(|f| f.event == "completed");
+        assert_eq!(completed.count(), 1, "task {key}: one completed");
+        assert_eq!(
+            self.frames.last().map(|f| f.event.as_str()),
+            Some("completed"),
+            "task {key}"
+        );
+    }
+}
+
+/// Follows the demo task `key` as `user` would in a browser: reads `sse` to its end and,
+/// whenever it ends without `completed` (an in-band `error`, or the connection closed),
+/// re-attaches to `/api/demo/tasks/{key}/events` with `Last-Event-ID`, retrying every
+/// 100 ms while the attach is refused with 503, until a stream ends with `completed`.
+///
+/// # Panics
+/// When `within` passes first, or a re-attach is refused with anything but 503.
+pub async fn follow(
+    addr: SocketAddr,
+    user: impl Into<String>,
+    key: String,
+    mut sse: Sse,
+    within: std::time::Duration,
+) -> History {
+    let user: String = user.into();
+    let deadline = Instant::now() + within;
+    let mut frames: Vec<Frame> = Vec::new();
+    let mut reattached = 0;
+    loop {
+        let mut done = false;
+        while let Some(frame) = sse.next_frame().await {
+            if frame.event == "ready" || frame.event == "error" {
+                continue;
+            }
+            done |= frame.event == "completed";
+            frames.push(frame);
+        }
+        if done {
+            break;
+        }
+        let last = frames.iter().rev().find_map(|f| f.id).unwrap_or(0);
+        let last = last.to_string();
+        let path = format!("/api/demo/tasks/{key}/events");
+        sse = loop {
+            assert!(Instant::now() < deadline, "task {key}: not completed");
+            let headers = [
+                ("X-Forwarded-User", user.as_str()),
+                ("Last-Event-ID", last.as_str()),
+            ];
+            match Sse::open(addr, "GET", &path, &headers, None).await {
+                Ok(sse) => break sse,
+                Err(r) => {
+                    assert_eq!(r.status, 503, "task {key}: re-attach refused: {}", r.text());
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        };
+        reattached += 1;
+    }
+    History {
+        key,
+        frames,
+        reattached,
+    }
+}

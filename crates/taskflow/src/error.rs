@@ -126,6 +126,16 @@ impl Error {
         Self::Internal(what.into())
     }
 
+    /// A batch that made no progress for `timeout` (the database accepted it and stopped
+    /// answering): the store counts as out of reach.
+    pub(crate) fn stalled(timeout: std::time::Duration) -> Self {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the task store did not answer a write for {timeout:?}"),
+        );
+        Self::StoreUnavailable(std::sync::Arc::new(sqlx::Error::Io(io)))
+    }
+
     /// A store failure made up by a test's armed fault (see `testing::Faults`).
     pub(crate) fn injected(what: &str) -> Self {
         let io = std::io::Error::new(

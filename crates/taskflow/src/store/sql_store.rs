@@ -7,6 +7,7 @@
 //! A batch is never re-applied on a guess.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,6 +28,13 @@ use crate::task::TaskInfo;
 /// How long a batch whose COMMIT failed waits for the database to say whether it
 /// committed, before its callers get [`Error::OutcomeUnknown`].
 const MARKER_CHECK_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How long one batch may take, from BEGIN to the end of COMMIT, before its connection is
+/// dropped: a database that accepts but no longer answers must not hold the writer (and
+/// every submit behind it) until the socket dies. Batches take milliseconds; a batch
+/// dropped before its COMMIT was sent is a plain outage (nothing committed), one dropped
+/// during COMMIT is settled by its marker like any ambiguous COMMIT.
+const BATCH_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A store: the batch algorithm over one driver's dialect and connections.
 #[derive(Debug)]
@@ -100,25 +108,50 @@ impl<D: Driver> Storage for SqlStore<D> {
 
     async fn write_batch(&self, ops: &[WriteOp]) -> Result<Vec<OpOutcome>> {
         let batch_id = uuid::Uuid::now_v7().simple().to_string();
-        let mut tx = match D::SQL.begin_batch {
-            // The id is 32 hex digits and the time an integer: nothing to escape.
-            Some(begin) => {
-                let begin = format!("{begin} ('{batch_id}', {})", super::now_ms());
-                self.driver
-                    .writer()
-                    .begin_with(sqlx::AssertSqlSafe(begin))
-                    .await?
+        let mut conn = self.driver.writer().acquire().await?;
+        let committing = AtomicBool::new(false);
+        // A database that accepts but stops answering (a network partition, a paused
+        // host) would hold this batch, and every write queued behind it, for as long as
+        // the socket lives: bound it.
+        let attempt = tokio::time::timeout(BATCH_STALL_TIMEOUT, async {
+            let mut tx = match D::SQL.begin_batch {
+                // The id is 32 hex digits and the time an integer: nothing to escape.
+                Some(begin) => {
+                    let begin = format!("{begin} ('{batch_id}', {})", super::now_ms());
+                    sqlx::Connection::begin_with(&mut *conn, sqlx::AssertSqlSafe(begin)).await?
+                }
+                None => sqlx::Connection::begin(&mut *conn).await?,
+            };
+            let out = Batch::new(&mut *tx, D::SQL, &self.cursor, &batch_id)
+                .apply(self.driver.instance(), ops, D::SQL.begin_batch.is_some())
+                .await?;
+            if Faults::take(&self.faults.fail_before_commit) {
+                tx.rollback().await?;
+                return Err(Error::injected("rolled back"));
             }
-            None => self.driver.writer().begin().await?,
+            committing.store(true, Ordering::SeqCst);
+            let committed = tx.commit().await;
+            Ok((out, committed))
+        })
+        .await;
+        let (out, committed) = match attempt {
+            Ok(result) => result?,
+            Err(_elapsed) => {
+                // Close the socket, so the server rolls back whatever it got; a connection
+                // with a statement in flight must not go back to the pool.
+                drop(sqlx::pool::PoolConnection::detach(conn));
+                let stalled = Error::stalled(BATCH_STALL_TIMEOUT);
+                if !committing.load(Ordering::SeqCst) {
+                    // COMMIT was never sent: nothing of the batch can have committed.
+                    return Err(stalled);
+                }
+                return self.settle(&batch_id, Vec::new(), stalled).await.and_then(|_| {
+                    // Committed, but the outcomes went with the dropped future: the callers
+                    // cannot be told them, so they are told nothing is known.
+                    Err(Error::OutcomeUnknown)
+                });
+            }
         };
-        let out = Batch::new(&mut *tx, D::SQL, &self.cursor, &batch_id)
-            .apply(self.driver.instance(), ops, D::SQL.begin_batch.is_some())
-            .await?;
-        if Faults::take(&self.faults.fail_before_commit) {
-            tx.rollback().await?;
-            return Err(Error::injected("rolled back"));
-        }
-        let committed = tx.commit().await;
         let ambiguous = Faults::take(&self.faults.commit_then_fail);
         match committed {
             Ok(()) if !ambiguous => Ok(out),

@@ -145,11 +145,14 @@ impl<D: Driver> Storage for SqlStore<D> {
                     // COMMIT was never sent: nothing of the batch can have committed.
                     return Err(stalled);
                 }
-                return self.settle(&batch_id, Vec::new(), stalled).await.and_then(|_| {
-                    // Committed, but the outcomes went with the dropped future: the callers
-                    // cannot be told them, so they are told nothing is known.
-                    Err(Error::OutcomeUnknown)
-                });
+                return self
+                    .settle(&batch_id, Vec::new(), stalled)
+                    .await
+                    .and_then(|_| {
+                        // Committed, but the outcomes went with the dropped future: the callers
+                        // cannot be told them, so they are told nothing is known.
+                        Err(Error::OutcomeUnknown)
+                    });
             }
         };
         let ambiguous = Faults::take(&self.faults.commit_then_fail);

@@ -39,11 +39,7 @@ const FOLLOW_DEADLINE: Duration = Duration::from_secs(90);
 
 /// `CHAOS_FAULTS`: how many times the disk fills (default 1).
 fn rounds() -> u32 {
-    std::env::var("CHAOS_FAULTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(1)
+    common::env_num("CHAOS_FAULTS").map_or(1, |n| u32::try_from(n.max(1)).unwrap())
 }
 
 /// A tmpfs mounted for this test; unmounted on drop (also when the test fails).
@@ -119,14 +115,19 @@ fn fill(path: &Path) -> u64 {
     written
 }
 
-/// Stored events of the task with `key`: (seq, kind, tick i).
-async fn stored(db: &Path, key: &str) -> Vec<(i64, String, Option<u64>)> {
+/// A one-connection read-only pool on the store at `db`.
+async fn read_only(db: &Path) -> sqlx::SqlitePool {
     let options = SqliteConnectOptions::new().filename(db).read_only(true);
-    let pool = SqlitePoolOptions::new()
+    SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(options)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Stored events of the task with `key`: (seq, kind, tick i).
+async fn stored(db: &Path, key: &str) -> Vec<(i64, String, Option<u64>)> {
+    let pool = read_only(db).await;
     let rows = sqlx::query(
         "SELECT e.seq, e.kind, e.name, e.payload FROM task_events e \
          JOIN tasks t ON t.id = e.task_id WHERE t.idempotency_key = ? ORDER BY e.seq",
@@ -150,12 +151,7 @@ async fn stored(db: &Path, key: &str) -> Vec<(i64, String, Option<u64>)> {
 
 /// How many tasks the store holds.
 async fn task_count(db: &Path) -> i64 {
-    let options = SqliteConnectOptions::new().filename(db).read_only(true);
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(options)
-        .await
-        .unwrap();
+    let pool = read_only(db).await;
     let n = sqlx::query_scalar("SELECT count(*) FROM tasks")
         .fetch_one(&pool)
         .await

@@ -31,7 +31,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use common::{Frame, Server, Sse, SseError, temp_dir};
+use common::{Frame, Server, Sse, SseError, env_num, temp_dir};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -62,10 +62,6 @@ struct Plan {
     secs: u64,
     browsers: usize,
     seed: u64,
-}
-
-fn env_num(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
 fn plan() -> Plan {

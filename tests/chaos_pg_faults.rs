@@ -56,11 +56,7 @@ const FOLLOW_DEADLINE: Duration = Duration::from_secs(90);
 
 /// `CHAOS_FAULTS`: how many times each test injects its fault (default 1).
 fn rounds() -> u32 {
-    std::env::var("CHAOS_FAULTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(1)
+    common::env_num("CHAOS_FAULTS").map_or(1, |n| u32::try_from(n.max(1)).unwrap())
 }
 
 /// Server environment: short leases and reaps, quick polls, keep-alives every second (so

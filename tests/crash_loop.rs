@@ -24,10 +24,7 @@ const TICKS: u64 = 60;
 const TICK_MS: u64 = 100;
 
 fn kills() -> usize {
-    std::env::var("CRASH_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30)
+    common::env_num("CRASH_KILLS").map_or(30, |n| usize::try_from(n).unwrap())
 }
 
 /// Every frame one client saw, over all its streams, and the kills it survived.

@@ -45,10 +45,7 @@ const MAX_IN_FLIGHT: usize = 512;
 const MIB: f64 = 1024.0 * 1024.0;
 
 fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    common::env_num(name).unwrap_or(default)
 }
 
 /// One sample of the server and its store.

@@ -11,7 +11,8 @@ pub use appkit_testkit::otlp;
 pub use appkit_testkit::server::attach;
 pub use appkit_testkit::{
     DEADLINE, Frame, History, Item, Logs, ProcStats, Received, Response, Server, Sse, SseError,
-    base_env, error_chain, follow, http_client, request, run_to_exit, temp_dir, ticks, wait_for,
+    base_env, env_num, error_chain, follow, http_client, request, run_to_exit, temp_dir, ticks,
+    wait_for,
 };
 
 /// The binary under test, as cargo built it for this package's tests.

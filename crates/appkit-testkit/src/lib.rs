@@ -32,6 +32,19 @@ pub use sse::{Frame, History, Item, Received, Sse, SseError, follow, ticks};
 /// Generous bound for anything to happen on a loaded 2-core machine.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// The non-negative integer in environment variable `name` (a long mode's size, such as
+/// `CHAOS_KILLS`), `None` when it is unset.
+///
+/// # Panics
+/// When it is set to anything else: a typo must not silently run the short mode.
+pub fn env_num(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    match value.trim().parse() {
+        Ok(n) => Some(n),
+        Err(e) => panic!("{name}={value:?}: expected a non-negative integer ({e})"),
+    }
+}
+
 /// Fresh temporary directory for one test's store (removed when dropped).
 ///
 /// # Panics

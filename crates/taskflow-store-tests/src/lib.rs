@@ -74,6 +74,8 @@ macro_rules! __conformance_cases {
             stale_epoch_is_fenced_after_reclaim_on_the_same_node,
             recovery_gives_the_attempt_back_and_is_counted,
             recovery_limit_fails_the_task_and_redrive_resets_it,
+            redrive_refuses_while_the_key_has_a_live_task,
+            submits_of_one_key_in_a_batch_make_one_task,
             tasks_still_pending_returns_only_pending_ids,
             purge_keeps_recent_commit_markers_working,
             purge_is_bounded_per_op,
@@ -1364,6 +1366,72 @@ pub async fn recovery_gives_the_attempt_back_and_is_counted(store: Arc<dyn Stora
     let again = claim(s, claim_params("n1", now, 1)).await;
     assert_eq!((again[0].task.attempt, again[0].epoch), (2, 4));
     assert_eq!(again[0].task.recoveries, 2);
+}
+
+/// One live task per (key, owner) holds through a redrive: while a newer run of the key is
+/// live, redriving the failed one changes nothing (it would make two live tasks of one
+/// key); once that run has ended, the redrive goes through.
+pub async fn redrive_refuses_while_the_key_has_a_live_task(store: Arc<dyn Storage>) {
+    let s = &*store;
+    let t = running(s, "t1", "n1").await;
+    let fail = Finish::Fail {
+        error: json!({"message": "boom", "kind": "handler"}),
+    };
+    one(s, finish(&t, "n1", fail, 3_000)).await;
+    let (newer, created) = submit(s, params("t2", "k-t1", None)).await;
+    assert!(created, "a failed task does not block a new run of its key");
+    assert_eq!(newer.id, "t2");
+    assert_eq!(
+        control(s, "t1", Control::Redrive).await,
+        (TaskStatus::Failed, TaskStatus::Failed),
+        "refused while t2 is live"
+    );
+    assert_eq!(status(s, "t1").await.status, TaskStatus::Failed);
+    assert_eq!(
+        seqs(s, "t1").await.len(),
+        3,
+        "no event for a refused redrive"
+    );
+    assert_eq!(
+        control(s, "t2", Control::Cancel).await.1,
+        TaskStatus::Cancelled
+    );
+    assert_eq!(
+        control(s, "t1", Control::Redrive).await,
+        (TaskStatus::Failed, TaskStatus::Pending),
+        "allowed once no run of the key is live"
+    );
+}
+
+/// Submits of one key in one batch make one task: the first creates it, the others attach
+/// to it, whatever their mode; a key per owner, so another owner's submit creates its own.
+pub async fn submits_of_one_key_in_a_batch_make_one_task(store: Arc<dyn Storage>) {
+    let s = &*store;
+    let mut at_most_once = params("t3", "k1", None);
+    at_most_once.mode = IdempotencyMode::AtMostOnce;
+    let out = s
+        .write_batch(&[
+            WriteOp::Submit(params("t1", "k1", None)),
+            WriteOp::Submit(params("t2", "k1", None)),
+            WriteOp::Submit(at_most_once),
+            WriteOp::Submit(params("t4", "k1", Some("bob"))),
+        ])
+        .await
+        .unwrap();
+    let got: Vec<_> = out
+        .iter()
+        .map(|o| match &o.result {
+            OpResult::Submitted { task, created, .. } => (task.id.as_str(), *created),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [("t1", true), ("t1", false), ("t1", false), ("t4", true)]
+    );
+    assert!(out[1].events.is_empty() && out[2].events.is_empty());
+    assert_eq!(s.tasks_pending_count().await.unwrap(), 2);
+    assert!(s.task_by_id("t2").await.unwrap().is_none());
 }
 
 /// Past `max_recoveries` a reap fails the task with kind `recovery_limit`; a redrive resets

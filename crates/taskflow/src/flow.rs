@@ -599,7 +599,8 @@ impl TaskFlow {
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`]; [`Error::InvalidTransition`] unless the task failed.
+    /// [`Error::NotFound`]; [`Error::InvalidTransition`] unless the task failed, or when a
+    /// newer run of its key became live meanwhile (one live run per key and owner).
     ///
     /// # Cancellation safety
     ///
@@ -613,7 +614,8 @@ impl TaskFlow {
             });
         }
         let (from, to) = self.control(&task.id, Control::Redrive).await?;
-        if from != TaskStatus::Failed {
+        // Still failed: a newer run of the key went live between the read and the write.
+        if from != TaskStatus::Failed || to != TaskStatus::Pending {
             return Err(Error::InvalidTransition {
                 from,
                 action: "redrive",

@@ -237,40 +237,54 @@ impl<'c, C: SqlConn> Batch<'c, C> {
         row.map(TaskInfo::try_from).transpose()
     }
 
-    /// Every `Submit` of the batch: one multi-row insert that skips duplicate keys, then
-    /// per-op outcomes (a skipped op attaches to the task that holds its key).
+    /// Every `Submit` of the batch: one multi-row insert that skips keys held by a live
+    /// task, then per-op outcomes (a skipped op attaches to the task that holds its key).
+    /// Submits of one key within the batch make one task: the first inserts, the others
+    /// attach to it (the insert statement cannot see its own rows).
     async fn submit_all(&mut self, ops: &[WriteOp], out: &mut [Option<OpOutcome>]) -> Result<()> {
         let mut rows = Vec::new();
         let mut inserting = Vec::new();
+        let mut first_of_key: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut repeats = Vec::new();
         for (i, op) in ops.iter().enumerate() {
             let WriteOp::Submit(p) = op else { continue };
             let user = p.user_id.as_deref().unwrap_or("");
+            if let Some(&first) = first_of_key.get(&(p.key.as_str(), user)) {
+                repeats.push((i, first));
+                continue;
+            }
             if p.mode == IdempotencyMode::AtMostOnce
                 && let Some(task) = self.find_by_key(&p.key, user).await?
             {
                 out[i] = Some(existing(task));
                 continue;
             }
+            first_of_key.insert((p.key.as_str(), user), i);
             rows.push(NewTaskDoc::new(p));
             inserting.push((i, p));
         }
-        if rows.is_empty() {
-            return Ok(());
+        if !rows.is_empty() {
+            let inserted: Vec<IdRow> = self
+                .conn
+                .fetch_all(self.sql.insert_tasks, args![json_text(&rows)?])
+                .await?;
+            let inserted: HashSet<String> = inserted.into_iter().map(|r| r.id).collect();
+            for (i, p) in inserting {
+                out[i] = Some(if inserted.contains(&p.id) {
+                    self.created(p)
+                } else {
+                    let user = p.user_id.as_deref().unwrap_or("");
+                    let task = self.find_by_key(&p.key, user).await?.ok_or_else(|| {
+                        Error::corrupt("idempotency conflict without a visible task".to_owned())
+                    })?;
+                    existing(task)
+                });
+            }
         }
-        let inserted: Vec<IdRow> = self
-            .conn
-            .fetch_all(self.sql.insert_tasks, args![json_text(&rows)?])
-            .await?;
-        let inserted: HashSet<String> = inserted.into_iter().map(|r| r.id).collect();
-        for (i, p) in inserting {
-            out[i] = Some(if inserted.contains(&p.id) {
-                self.created(p)
-            } else {
-                let user = p.user_id.as_deref().unwrap_or("");
-                let task = self.find_by_key(&p.key, user).await?.ok_or_else(|| {
-                    Error::corrupt("idempotency conflict without a visible task".to_owned())
-                })?;
-                existing(task)
+        for (i, first) in repeats {
+            out[i] = Some(match out[first].as_ref().map(|o| &o.result) {
+                Some(OpResult::Submitted { task, .. }) => existing((**task).clone()),
+                _ => return Err(Error::corrupt("a repeated key without its first submit")),
             });
         }
         Ok(())

@@ -292,6 +292,10 @@ static SQL: Sql = Sql {
          owner_node = CASE WHEN $1 = 'cancelled' THEN NULL ELSE owner_node END, \
          lease_expires_at = CASE WHEN $1 = 'cancelled' THEN NULL ELSE lease_expires_at END, \
          last_seq = last_seq + 1, updated_at = $2 WHERE id = $3 AND status = $4 \
+         AND ($1 <> 'pending' OR status <> 'failed' OR NOT EXISTS (SELECT 1 FROM tasks AS live \
+              WHERE live.idempotency_key = tasks.idempotency_key \
+              AND live.user_id = tasks.user_id \
+              AND live.status IN ('pending', 'running', 'suspended'))) \
          RETURNING id, last_seq",
     request_stop: "UPDATE tasks SET control = 'stop' WHERE id = $1 AND status || '' = 'running'",
     lease_renew: "UPDATE tasks SET lease_expires_at = $1 \

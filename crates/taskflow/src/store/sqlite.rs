@@ -294,7 +294,10 @@ static SQL: Sql = Sql {
          value ->> 'max_recoveries', value ->> 'auto_recover', value ->> 'node', \
          value ->> 'lease', value ->> 'epoch', value ->> 'now', value ->> 'now', \
          value ->> 'now', value ->> 'last_seq' \
-         FROM jsonb_each(?1) WHERE 1 ORDER BY key ON CONFLICT DO NOTHING RETURNING id",
+         FROM jsonb_each(?1) AS j WHERE NOT EXISTS (SELECT 1 FROM tasks AS t \
+         WHERE t.idempotency_key = j.value ->> 'key' AND t.user_id = j.value ->> 'usr' \
+         AND t.status IN ('pending', 'running', 'suspended')) \
+         ORDER BY j.key ON CONFLICT DO NOTHING RETURNING id",
     claim_candidates: "SELECT id, user_id, name, recovery, auto_recover, run_at FROM tasks \
          WHERE status = 'pending' AND run_at <= ?1 AND run_at >= ?4 \
          AND name IN (SELECT value FROM jsonb_each(?2)) ORDER BY run_at, id LIMIT ?3",
@@ -333,6 +336,10 @@ static SQL: Sql = Sql {
          owner_node = CASE WHEN ?1 = 'cancelled' THEN NULL ELSE owner_node END, \
          lease_expires_at = CASE WHEN ?1 = 'cancelled' THEN NULL ELSE lease_expires_at END, \
          last_seq = last_seq + 1, updated_at = ?2 WHERE id = ?3 AND status = ?4 \
+         AND (?1 <> 'pending' OR status <> 'failed' OR NOT EXISTS (SELECT 1 FROM tasks AS live \
+              WHERE live.idempotency_key = tasks.idempotency_key \
+              AND live.user_id = tasks.user_id \
+              AND live.status IN ('pending', 'running', 'suspended'))) \
          RETURNING id, last_seq",
     request_stop: "UPDATE tasks SET control = 'stop' WHERE id = ?1 AND status = 'running'",
     lease_renew: "UPDATE tasks SET lease_expires_at = ?1 \

@@ -110,6 +110,7 @@ impl<D: Driver> Storage for SqlStore<D> {
         let batch_id = uuid::Uuid::now_v7().simple().to_string();
         let mut conn = self.driver.writer().acquire().await?;
         let committing = AtomicBool::new(false);
+        let begun = AtomicBool::new(false);
         // A database that accepts but stops answering (a network partition, a paused
         // host) would hold this batch, and every write queued behind it, for as long as
         // the socket lives: bound it.
@@ -122,6 +123,7 @@ impl<D: Driver> Storage for SqlStore<D> {
                 }
                 None => sqlx::Connection::begin(&mut *conn).await?,
             };
+            begun.store(true, Ordering::SeqCst);
             let out = Batch::new(&mut *tx, D::SQL, &self.cursor, &batch_id)
                 .apply(self.driver.instance(), ops, D::SQL.begin_batch.is_some())
                 .await?;
@@ -135,6 +137,13 @@ impl<D: Driver> Storage for SqlStore<D> {
         })
         .await;
         let (out, committed) = match attempt {
+            Ok(Err(e)) if !begun.load(Ordering::SeqCst) => {
+                // A multi-statement BEGIN that failed part-way leaves the database inside a
+                // transaction that sqlx does not count (so no rollback would be sent, and
+                // the next BEGIN would fail): the connection is closed, not pooled.
+                drop(sqlx::pool::PoolConnection::detach(conn));
+                return Err(e);
+            }
             Ok(result) => result?,
             Err(_elapsed) => {
                 // Close the socket, so the server rolls back whatever it got; a connection

@@ -39,10 +39,18 @@ async fn claim_available(node: &Arc<Node>) -> Result<()> {
         if node.lifecycle.stop_claiming.is_cancelled() {
             return Ok(());
         }
-        let Some(budget) = node.slots.begin_claim() else {
-            // A finishing runner kicks us again.
-            node.work.set();
-            return Ok(());
+        let budget = match node.slots.begin_claim() {
+            Some(budget) => budget,
+            None => {
+                // A finishing runner wakes us while the flag is set. Set it before looking
+                // again, so a slot freed in between is not missed.
+                node.work.set();
+                let Some(budget) = node.slots.begin_claim() else {
+                    return Ok(());
+                };
+                node.work.take();
+                budget
+            }
         };
         let now = now_ms();
         let params = ClaimParams {

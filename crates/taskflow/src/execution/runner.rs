@@ -111,11 +111,13 @@ impl Run {
             }
         };
         // The handler is done: its slot goes to the next task now, so the next claim can
-        // share a commit with this attempt's outcome instead of waiting behind it.
+        // share a commit with this attempt's outcome instead of waiting behind it. Only
+        // when work may be waiting: a claim that finds nothing still costs a batch, and
+        // while the flag is clear a new submit claims its task at once, in its own commit.
         self.node
             .slots
             .release(self.task.user_id.as_deref(), &self.task.name);
-        self.node.work.kick();
+        self.node.work.wake_if_set();
         let waiting = self.finish(ran).await;
         self.node
             .local

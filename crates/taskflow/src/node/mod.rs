@@ -106,6 +106,13 @@ impl WorkSignal {
         self.backlog.store(true, Ordering::Release);
     }
 
+    /// Wakes the executor if work may be waiting (a slot was freed).
+    pub(crate) fn wake_if_set(&self) {
+        if self.is_set() {
+            self.wake.notify_one();
+        }
+    }
+
     /// Takes the flag: `true` if work may be waiting.
     pub(crate) fn take(&self) -> bool {
         self.backlog.swap(false, Ordering::AcqRel)

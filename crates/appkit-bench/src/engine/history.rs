@@ -4,7 +4,9 @@
 //! The tasks are written through the store's internal write protocol, not through an
 //! engine (no handler runs): per batch, 500 submits claimed at once (`created`, `started`)
 //! and then their 500 completions (`completed`), exactly the rows and events a real run
-//! leaves behind.
+//! leaves behind. Each has the key the engine would derive for its input (a SHA-256
+//! digest, so the keys spread over the key index as real ones do; inputs differ from the
+//! measured tasks', so no key is shared with them).
 
 use std::time::Instant;
 
@@ -31,12 +33,13 @@ pub(super) async fn fill(spec: &StoreSpec, n: usize) -> Result<()> {
         let now = now_ms();
         let submits: Vec<WriteOp> = (done..done + chunk)
             .map(|i| {
+                let input = json!({ "history": i });
                 WriteOp::Submit(SubmitParams {
                     id: format!("history-{i:09}"),
                     name: TASK.to_owned(),
-                    key: format!("history-{i}"),
+                    key: taskflow::idempotency_key(TASK, &input, None),
                     user_id: None,
-                    input: json!(i),
+                    input,
                     max_attempts: 1,
                     max_recoveries: 20,
                     auto_recover: true,

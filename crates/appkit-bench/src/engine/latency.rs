@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
 use taskflow::{EventKind, SubmitOptions, Submitted, TaskFlow};
-use tokio::task::JoinSet;
 
 use super::TASK;
 use super::recorder::Recorder;
@@ -39,18 +38,30 @@ pub(super) async fn run(
 ) -> Result<Latency> {
     let n = usize::try_from(u64::from(rate) * u64::from(secs))?;
     let begin = Instant::now();
-    let mut tasks = JoinSet::new();
-    for j in 0..n {
-        // Open loop: the schedule does not wait for earlier tasks, so a slow engine shows
-        // up as latency rather than as a lower offered rate.
-        let due = begin + Duration::from_nanos(u64::try_from(j)? * 1_000_000_000 / u64::from(rate));
-        tokio::time::sleep_until(due.into()).await;
-        tasks.spawn(one(flow.clone(), rec.clone(), base + j, due));
-    }
-    let submitting = begin.elapsed();
+    // The schedule is kept by an OS thread: tokio's timer has a 1 ms tick and fires 1-2 ms
+    // after a deadline, which would be counted against the engine (every latency is timed
+    // from the scheduled send time). A thread's sleep overshoots by tens of microseconds.
+    let runtime = tokio::runtime::Handle::current();
+    let (flow, recorder) = (flow.clone(), rec.clone());
+    let pacer = std::thread::Builder::new()
+        .name("bench-pacer".into())
+        .spawn(move || {
+            let mut spawned = Vec::with_capacity(n);
+            for j in 0..n {
+                // Open loop: the schedule does not wait for earlier tasks, so a slow engine
+                // shows up as latency rather than as a lower offered rate.
+                let due = begin + Duration::from_nanos(j as u64 * 1_000_000_000 / u64::from(rate));
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                spawned.push(runtime.spawn(one(flow.clone(), recorder.clone(), base + j, due)));
+            }
+            (spawned, begin.elapsed())
+        })?;
+    let (spawned, submitting) = tokio::task::spawn_blocking(move || pacer.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
     let mut complete = Vec::with_capacity(n);
-    while let Some(joined) = tasks.join_next().await {
-        complete.push(joined.context("latency task panicked")??);
+    for task in spawned {
+        complete.push(task.await.context("latency task panicked")??);
     }
     let start = Percentiles::of(
         (base..base + n)

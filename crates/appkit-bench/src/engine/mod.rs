@@ -48,16 +48,19 @@
 //!
 //! # Phase 2: latency at moderate load (`--rate`, `--latency-secs`)
 //!
-//! Open-loop paced submits at `--rate` per second (tokio timers, 1 ms granularity, so
-//! submits come in small bursts), on the same engine and database after phase 1. Each
-//! submit is followed by `subscribe(key, None, 0)`, and the stream is read until
-//! `completed`; seqs must arrive 1, 2, 3 with no gap.
+//! Open-loop paced submits at `--rate` per second, on the same engine and database after
+//! phase 1. An OS thread keeps the schedule (tokio's timer would fire 1-2 ms late) and
+//! spawns each submit onto the runtime at its scheduled time. Each submit is followed by
+//! `subscribe(key, None, 0)`, and the stream is read until `completed`; seqs must arrive
+//! 1, 2, 3 with no gap. Every latency is timed from the scheduled send time, so a submit
+//! that waits to run (a busy runtime, a late pacer) counts against the engine: no
+//! coordinated omission.
 //!
-//! - `submit_to_complete_*_ms`: from just before `submit` is called to the `completed`
+//! - `submit_to_complete_*_ms`: from the scheduled send time to the `completed`
 //!   event arriving on the subscriber's stream: the submit commit, the claim, the handler,
 //!   the completion commit and delivery. An event is delivered only after its commit, so
 //!   this is commit-to-visible.
-//! - `submit_to_start_*_ms`: from just before `submit` is called to handler entry.
+//! - `submit_to_start_*_ms`: from the scheduled send time to handler entry.
 //!
 //! `peak_rss_kib` is the process's `VmHWM` at the end (engine, bench bookkeeping and
 //! SQLite page cache together).

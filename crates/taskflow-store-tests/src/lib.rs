@@ -71,6 +71,7 @@ macro_rules! __conformance_cases {
             ambiguous_commit_claim_applies_once,
             ambiguous_commit_control_applies_once,
             fail_before_commit_rolls_back_the_whole_batch,
+            a_batch_whose_opening_fails_leaves_no_transaction_behind,
             stale_epoch_is_fenced_after_reclaim_on_the_same_node,
             recovery_gives_the_attempt_back_and_is_counted,
             recovery_limit_fails_the_task_and_redrive_resets_it,
@@ -1220,6 +1221,29 @@ pub async fn ambiguous_commit_control_applies_once(store: Arc<dyn Storage>) {
         matches!(late.result, OpResult::Fenced),
         "the owner is fenced out"
     );
+}
+
+/// The statement list that opens a batch (`BEGIN`, then the commit marker) failing after
+/// its `BEGIN` fails that batch only: its connection, left inside a transaction, is not
+/// reused, and the next batch commits.
+pub async fn a_batch_whose_opening_fails_leaves_no_transaction_behind(store: Arc<dyn Storage>) {
+    let s = &*store;
+    let armed = &s.faults().fail_after_begin;
+    armed.store(1, Ordering::SeqCst);
+    let failed = s
+        .write_batch(&[WriteOp::Submit(params("t1", "k1", None))])
+        .await;
+    assert!(failed.is_err(), "the failure is reported: {failed:?}");
+    assert_eq!(armed.load(Ordering::SeqCst), 0, "the armed fault was taken");
+    for (id, key) in [("t2", "k2"), ("t3", "k3")] {
+        let (task, created) = submit(s, params(id, key, None)).await;
+        assert!(created && task.id == id, "the next batches commit");
+    }
+    assert!(
+        s.task_by_id("t1").await.unwrap().is_none(),
+        "nothing of the failed batch"
+    );
+    assert_eq!(s.tasks_pending_count().await.unwrap(), 2);
 }
 
 /// A batch rolled back before its commit returns an error and leaves nothing behind; the

@@ -177,7 +177,7 @@ pub enum Notice {
 
 /// Faults a test can arm on a store to prove the batch protocol: each counter is the
 /// number of upcoming batches it applies to. Disarmed (all zero) in normal use, where the
-/// only cost is two relaxed atomic loads per batch.
+/// only cost is a few relaxed atomic loads per batch.
 #[derive(Debug, Default)]
 pub struct Faults {
     /// Commit the batch, then report the COMMIT as failed (an ambiguous commit: the
@@ -185,6 +185,9 @@ pub struct Faults {
     pub commit_then_fail: std::sync::atomic::AtomicU32,
     /// Roll the batch back and report a failure (the database never committed it).
     pub fail_before_commit: std::sync::atomic::AtomicU32,
+    /// Make the statement list that opens the batch fail after its `BEGIN` (a second
+    /// insert of the batch's marker), leaving the connection inside a transaction.
+    pub fail_after_begin: std::sync::atomic::AtomicU32,
 }
 
 impl Faults {

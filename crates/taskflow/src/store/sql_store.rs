@@ -118,7 +118,12 @@ impl<D: Driver> Storage for SqlStore<D> {
             let mut tx = match D::SQL.begin_batch {
                 // The id is 32 hex digits and the time an integer: nothing to escape.
                 Some(begin) => {
-                    let begin = format!("{begin} ('{batch_id}', {})", super::now_ms());
+                    let mut begin = format!("{begin} ('{batch_id}', {})", super::now_ms());
+                    if Faults::take(&self.faults.fail_after_begin) {
+                        begin.push_str(&format!(
+                            "; INSERT INTO task_batches (id, created_at) VALUES ('{batch_id}', 0)"
+                        ));
+                    }
                     sqlx::Connection::begin_with(&mut *conn, sqlx::AssertSqlSafe(begin)).await?
                 }
                 None => sqlx::Connection::begin(&mut *conn).await?,

@@ -119,20 +119,9 @@ impl<'c, C: SqlConn> Batch<'c, C> {
         }
     }
 
-    /// Applies `ops` and writes the batch's events and (unless the transaction's first
-    /// statement already did, `marked`) its commit marker; the caller commits.
-    pub(crate) async fn apply(
-        mut self,
-        instance: &str,
-        ops: &[WriteOp],
-        marked: bool,
-    ) -> Result<Vec<OpOutcome>> {
-        if !marked {
-            let now = super::now_ms();
-            self.conn
-                .execute(self.sql.batch_mark, args![&self.batch_id, now])
-                .await?;
-        }
+    /// Applies `ops` and writes the batch's events; the caller opened the transaction
+    /// (with its commit marker) and commits it.
+    pub(crate) async fn apply(mut self, instance: &str, ops: &[WriteOp]) -> Result<Vec<OpOutcome>> {
         let mut out: Vec<Option<OpOutcome>> = vec![None; ops.len()];
         self.submit_all(ops, &mut out).await?;
         self.finish_all(ops, &mut out).await?;

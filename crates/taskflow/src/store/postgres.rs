@@ -228,12 +228,8 @@ static SQL: Sql = Sql {
     // planner takes for a set of 100 rows (its guess for any set-returning function), and
     // against a table of a few thousand rows it would rather read them all than probe
     // the primary key 100 times (2-5 ms per statement, measured at 5,000 tasks).
-    begin_batch: Some(
-        "BEGIN; SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL enable_sort = off; \
-         SET LOCAL enable_seqscan = off; SET LOCAL jit = off; \
-         INSERT INTO task_batches (id, created_at) VALUES",
-    ),
-    batch_mark: "INSERT INTO task_batches (id, created_at) VALUES ($1, $2)",
+    begin_batch: "BEGIN; SET LOCAL plan_cache_mode = force_custom_plan; \
+         SET LOCAL enable_sort = off; SET LOCAL enable_seqscan = off; SET LOCAL jit = off",
     batch_committed: "SELECT count(*) AS n FROM task_batches WHERE id = $1",
     find_by_key: concat!(
         "SELECT ",

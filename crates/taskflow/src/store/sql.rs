@@ -203,12 +203,10 @@ pub(crate) struct Sql {
     pub(crate) health: &'static str,
 
     // The commit marker.
-    /// A simple-protocol statement list that opens a batch's transaction and inserts its
-    /// marker in one round trip: the store appends `('<batch id>', <now>)`. `None`: a
-    /// plain `BEGIN`, then `batch_mark`.
-    pub(crate) begin_batch: Option<&'static str>,
-    /// `(batch_id, now)`.
-    pub(crate) batch_mark: &'static str,
+    /// A simple-protocol statement list that opens a batch's transaction (`BEGIN` and any
+    /// session settings for it); the store appends the insert of the batch's commit
+    /// marker, so both go in one round trip.
+    pub(crate) begin_batch: &'static str,
     /// `(batch_id)` → `n` (0 or 1).
     pub(crate) batch_committed: &'static str,
 

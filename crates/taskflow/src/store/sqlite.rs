@@ -277,10 +277,7 @@ static SQL: Sql = Sql {
     still_pending: "SELECT id FROM tasks WHERE id IN (SELECT value FROM jsonb_each(?1)) \
          AND status = 'pending'",
     health: "SELECT 1",
-    // One call to SQLite's worker thread instead of two (every statement is a round trip
-    // to it: a thread wake-up each way).
-    begin_batch: Some("BEGIN; INSERT INTO task_batches (id, created_at) VALUES"),
-    batch_mark: "INSERT INTO task_batches (id, created_at) VALUES (?1, ?2)",
+    begin_batch: "BEGIN",
     batch_committed: "SELECT count(*) AS n FROM task_batches WHERE id = ?1",
     find_by_key: concat!(
         "SELECT ",

@@ -34,12 +34,22 @@ modes:
            --store S          sqlite (default) | postgres (a fresh schema at TEST_DATABASE_URL)
            --workload W       e2e (default) | submit (no executor) | drain (backlog, then run)
            --history H        first fill the store with H completed tasks (default 0)
+           RUST_LOG=taskflow::writer=debug  one stderr line per batch: its ops and micros
   sse      idle SSE bridges against the release dev-playground binary (build it first)
            --bridges N            bridges held open for the memory phase (default 10000)
            --shutdown-bridges N   bridges open at SIGTERM in the shutdown phase (default 1000)
            --connect-concurrency C  bridges opened at once (default 128)";
 
 fn main() -> Result<()> {
+    // `RUST_LOG=taskflow::writer=debug` shows every batch the engine writes (its ops and
+    // how long it took), on stderr with the progress lines.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+    }
     let mut argv = std::env::args().skip(1);
     let mode = argv.next();
     let report = match mode.as_deref() {

@@ -8,10 +8,11 @@
 //! by one, so that one bad op does not fail its neighbours.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{Level, debug, warn};
 
 use crate::delivery::Hub;
 use crate::error::{Error, Result};
@@ -70,7 +71,22 @@ async fn run(
             break;
         }
         let (ops, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
-        match store.write_batch(&ops).await {
+        let started = Instant::now();
+        let written = store.write_batch(&ops).await;
+        if tracing::enabled!(Level::DEBUG) {
+            let mix = OpMix::of(&ops);
+            debug!(
+                ops = ops.len(),
+                submits = mix.submits,
+                claims = mix.claims,
+                finishes = mix.finishes,
+                other = mix.other,
+                micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                ok = written.is_ok(),
+                "batch written"
+            );
+        }
+        match written {
             Ok(outcomes) => deliver(&hub, outcomes, replies),
             Err(e) if ops.len() == 1 || e.is_unavailable() => fail_all(replies, &e),
             Err(e) => {
@@ -84,6 +100,30 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+/// What a batch held, for its debug line.
+#[derive(Default)]
+struct OpMix {
+    submits: usize,
+    claims: usize,
+    finishes: usize,
+    other: usize,
+}
+
+impl OpMix {
+    fn of(ops: &[WriteOp]) -> Self {
+        let mut mix = Self::default();
+        for op in ops {
+            match op {
+                WriteOp::Submit(_) => mix.submits += 1,
+                WriteOp::Claim(_) => mix.claims += 1,
+                WriteOp::Finish { .. } => mix.finishes += 1,
+                _ => mix.other += 1,
+            }
+        }
+        mix
     }
 }
 

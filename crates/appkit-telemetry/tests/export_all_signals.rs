@@ -118,9 +118,6 @@ async fn spans_metrics_and_logs_are_exported_and_flushed_by_shutdown() {
     assert_eq!(log.trace_id, child.trace_id, "log correlated with its span");
     assert_eq!(log.span_id, child.span_id);
 
-    assert!(
-        common::otel_sdk_threads().is_empty(),
-        "exporter threads stopped: {:?}",
-        common::otel_sdk_threads()
-    );
+    let left = common::wait_for_no_otel_sdk_threads().await;
+    assert!(left.is_empty(), "exporter threads still running: {left:?}");
 }

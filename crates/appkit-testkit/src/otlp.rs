@@ -292,3 +292,17 @@ pub async fn wait_for_otel_sdk_threads(count: usize) -> Vec<String> {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
+
+/// Waits until no OTel SDK thread is left, and returns those still there at the deadline.
+/// A batch processor answers its shutdown call before its thread has exited, so a read
+/// right after shutdown can still see it.
+pub async fn wait_for_no_otel_sdk_threads() -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let threads = otel_sdk_threads();
+        if threads.is_empty() || std::time::Instant::now() > deadline {
+            return threads;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}

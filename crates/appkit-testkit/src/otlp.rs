@@ -283,24 +283,22 @@ pub fn otel_sdk_threads() -> Vec<String> {
 /// Waits until `count` OTel SDK threads are visible (a new thread names itself after it
 /// starts, so a read right after spawning can miss it).
 pub async fn wait_for_otel_sdk_threads(count: usize) -> Vec<String> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let threads = otel_sdk_threads();
-        if threads.len() >= count || std::time::Instant::now() > deadline {
-            return threads;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    poll_otel_sdk_threads(|threads| threads.len() >= count).await
 }
 
 /// Waits until no OTel SDK thread is left, and returns those still there at the deadline.
 /// A batch processor answers its shutdown call before its thread has exited, so a read
 /// right after shutdown can still see it.
 pub async fn wait_for_no_otel_sdk_threads() -> Vec<String> {
+    poll_otel_sdk_threads(<[String]>::is_empty).await
+}
+
+/// The OTel SDK threads once `done` holds for them, or at a 5 s deadline.
+async fn poll_otel_sdk_threads(done: impl Fn(&[String]) -> bool) -> Vec<String> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         let threads = otel_sdk_threads();
-        if threads.is_empty() || std::time::Instant::now() > deadline {
+        if done(&threads) || std::time::Instant::now() > deadline {
             return threads;
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;

@@ -70,6 +70,8 @@ macro_rules! __conformance_cases {
             ambiguous_commit_finish_applies_once,
             ambiguous_commit_claim_applies_once,
             ambiguous_commit_control_applies_once,
+            ambiguous_commit_is_settled_once_the_store_answers,
+            ambiguous_commit_during_an_outage_is_answered_unknown_in_bounded_time,
             fail_before_commit_rolls_back_the_whole_batch,
             a_batch_whose_opening_fails_leaves_no_transaction_behind,
             stale_epoch_is_fenced_after_reclaim_on_the_same_node,
@@ -1220,6 +1222,56 @@ pub async fn ambiguous_commit_control_applies_once(store: Arc<dyn Storage>) {
     assert!(
         matches!(late.result, OpResult::Fenced),
         "the owner is fenced out"
+    );
+}
+
+/// An ambiguous COMMIT whose marker cannot be read at first (the store went away as it
+/// committed) is settled exactly once the store answers again: the committed outcome.
+pub async fn ambiguous_commit_is_settled_once_the_store_answers(store: Arc<dyn Storage>) {
+    let s = &*store;
+    let unreadable = &s.faults().marker_unreadable;
+    unreadable.store(2, Ordering::SeqCst);
+    let out = ambiguous(s, WriteOp::Submit(params("t1", "k1", None))).await;
+    assert_eq!(
+        unreadable.load(Ordering::SeqCst),
+        0,
+        "both failed checks were taken"
+    );
+    let OpResult::Submitted { task, created, .. } = out.result else {
+        panic!("unexpected {:?}", out.result)
+    };
+    assert!(created && task.id == "t1", "the committed outcome");
+    assert_eq!(seqs(s, "t1").await, numbered(&["created"]));
+}
+
+/// An ambiguous COMMIT whose marker stays unreadable is answered
+/// [`taskflow::Error::OutcomeUnknown`] after a bounded wait (the writer holds every queued
+/// write meanwhile), not after a minute; the store is usable afterwards, and what did
+/// commit is there once.
+pub async fn ambiguous_commit_during_an_outage_is_answered_unknown_in_bounded_time(
+    store: Arc<dyn Storage>,
+) {
+    let s = &*store;
+    let unreadable = &s.faults().marker_unreadable;
+    unreadable.store(u32::MAX, Ordering::SeqCst);
+    s.faults().commit_then_fail.store(1, Ordering::SeqCst);
+    let asked = std::time::Instant::now();
+    let out = s
+        .write_batch(&[WriteOp::Submit(params("t1", "k1", None))])
+        .await;
+    let took = asked.elapsed();
+    unreadable.store(0, Ordering::SeqCst);
+    assert!(
+        matches!(out, Err(taskflow::Error::OutcomeUnknown)),
+        "unknown, not a guess: {out:?}"
+    );
+    assert!(took < Duration::from_secs(15), "answered after {took:?}");
+    let (task, created) = submit(s, params("t2", "k2", None)).await;
+    assert!(created && task.id == "t2", "the next batch commits");
+    assert_eq!(
+        seqs(s, "t1").await,
+        numbered(&["created"]),
+        "committed once"
     );
 }
 

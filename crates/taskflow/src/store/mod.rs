@@ -188,6 +188,9 @@ pub struct Faults {
     /// Make the statement list that opens the batch fail after its `BEGIN` (a second
     /// insert of the batch's marker), leaving the connection inside a transaction.
     pub fail_after_begin: std::sync::atomic::AtomicU32,
+    /// Make the check of a batch's commit marker (after an ambiguous COMMIT) fail as if
+    /// the store were out of reach: this many checks, not batches.
+    pub marker_unreadable: std::sync::atomic::AtomicU32,
 }
 
 impl Faults {

@@ -25,9 +25,12 @@ use crate::error::{Error, Result};
 use crate::event::TaskEvent;
 use crate::task::TaskInfo;
 
-/// How long a batch whose COMMIT failed waits for the database to say whether it
-/// committed, before its callers get [`Error::OutcomeUnknown`].
-const MARKER_CHECK_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a batch whose COMMIT failed keeps asking the database whether it committed,
+/// before its callers get [`Error::OutcomeUnknown`]. The writer answers nothing else
+/// meanwhile, so this bounds how long an outage that began during a COMMIT holds every
+/// queued write: a short blip is still settled exactly, a longer outage answers "unknown"
+/// (callers retry with the same idempotency key) instead of holding submits for a minute.
+const MARKER_CHECK_DEADLINE: Duration = Duration::from_secs(5);
 
 /// How long one batch may take, from BEGIN to the end of COMMIT, before its connection is
 /// dropped: a database that accepts but no longer answers must not hold the writer (and
@@ -88,6 +91,9 @@ impl<D: Driver> SqlStore<D> {
     }
 
     async fn committed(&self, batch_id: &str) -> Result<bool> {
+        if Faults::take(&self.faults.marker_unreadable) {
+            return Err(Error::injected("marker unreadable"));
+        }
         let mut conn = self.driver.reader().acquire().await?;
         let row: Option<CountRow> = conn
             .fetch_optional(D::SQL.batch_committed, args![batch_id])

@@ -20,8 +20,9 @@
 //! `--history H` first fills the store with H completed tasks and their events (see
 //! `history`), then (Postgres) runs `VACUUM ANALYZE`, so a long-lived store is measured.
 //!
-//! The handler `bench.noop` takes its task index as input, records when it ran and returns
-//! `null`. Tasks are submitted without a user and with derived idempotency keys, so every
+//! The handler `bench.noop` takes its task index as input, records when it ran, emits
+//! `--events` custom events (`tick`, payload the event's index; none by default), each
+//! awaited as a handler awaits `emit`, and returns `null`. Tasks are submitted without a user and with derived idempotency keys, so every
 //! submit pays for key derivation (JCS + SHA-256). `max_attempts` is 1: a failure is never
 //! hidden by a retry.
 //!
@@ -43,8 +44,8 @@
 //!   handler entry, while the engine is saturated (so it includes queueing behind the
 //!   slots).
 //! - After the clock stops, every task's status is read (untimed) and must be
-//!   `completed`, attempt 1, with exactly 3 events (`created`, `started`, `completed`); any
-//!   other outcome fails the bench.
+//!   `completed`, attempt 1, with exactly 3 + `--events` events (`created`, `started`,
+//!   the ticks, `completed`); any other outcome fails the bench.
 //!
 //! # Phase 2: latency at moderate load (`--rate`, `--latency-secs`)
 //!
@@ -52,7 +53,7 @@
 //! phase 1. An OS thread keeps the schedule (tokio's timer would fire 1-2 ms late) and
 //! spawns each submit onto the runtime at its scheduled time. Each submit is followed by
 //! `subscribe(key, None, 0)`, and the stream is read until `completed`; seqs must arrive
-//! 1, 2, 3 with no gap. Every latency is timed from the scheduled send time, so a submit
+//! 1, 2, 3, … with no gap. Every latency is timed from the scheduled send time, so a submit
 //! that waits to run (a busy runtime, a late pacer) counts against the engine: no
 //! coordinated omission.
 //!
@@ -106,6 +107,7 @@ pub(crate) struct Options {
     store: StoreKind,
     workload: Workload,
     history: usize,
+    events: u32,
 }
 
 /// What is measured (see the module docs).
@@ -176,6 +178,7 @@ impl Options {
             store: flags.take("store", StoreKind::Sqlite)?,
             workload: flags.take("workload", Workload::E2e)?,
             history: flags.take("history", 0)?,
+            events: flags.take("events", 0)?,
         };
         flags.finish()?;
         anyhow::ensure!(opts.tasks > 0, "--tasks must be at least 1");
@@ -198,6 +201,7 @@ struct Report {
     workload: &'static str,
     store: &'static str,
     history: usize,
+    events_per_task: u32,
     tasks: usize,
     concurrency: usize,
     slots: usize,
@@ -250,7 +254,7 @@ async fn e2e(
     rec: &Arc<Recorder>,
 ) -> Result<(throughput::Throughput, Option<latency::Latency>)> {
     let flow = spec.start(config).await?;
-    register(&flow, rec)?;
+    register(&flow, rec, opts.events)?;
     let progress = tokio::spawn(progress(rec.clone(), opts.tasks));
     eprintln!(
         "engine: phase 1: {} tasks, {} submitters, {} slots",
@@ -265,7 +269,7 @@ async fn e2e(
         tp.elapsed.as_secs_f64(),
         opts.tasks as f64 / tp.elapsed.as_secs_f64()
     );
-    verify(&flow, &tp.keys).await?;
+    verify(&flow, &tp.keys, opts.events).await?;
     let lat = if opts.rate > 0 && opts.latency_secs > 0 {
         eprintln!(
             "engine: phase 2: {} submits/s for {} s, each watched to completion",
@@ -287,7 +291,7 @@ async fn submit_only(
     rec: &Arc<Recorder>,
 ) -> Result<throughput::Throughput> {
     let flow = spec.start(config.run_tasks(false)).await?;
-    register(&flow, rec)?;
+    register(&flow, rec, opts.events)?;
     eprintln!(
         "engine: submit: {} tasks, {} submitters, no executor",
         opts.tasks, opts.concurrency
@@ -316,7 +320,7 @@ async fn drain(
     rec: &Arc<Recorder>,
 ) -> Result<throughput::Throughput> {
     let submitter = spec.start(config.clone().run_tasks(false)).await?;
-    register(&submitter, rec)?;
+    register(&submitter, rec, opts.events)?;
     eprintln!("engine: drain: submitting {} tasks (untimed)", opts.tasks);
     let began = Instant::now();
     let keys = throughput::submit_all(&submitter, rec, opts.tasks, opts.concurrency).await?;
@@ -331,12 +335,12 @@ async fn drain(
     let cpu = cpu::Snapshot::take(spec.postgres()).await;
     let began = Instant::now();
     let flow = spec.start(config).await?;
-    register(&flow, rec)?;
+    register(&flow, rec, opts.events)?;
     throughput::wait_all_completed(&flow, rec, &keys).await?;
     let elapsed = began.elapsed();
     let cpu = cpu::Snapshot::take(spec.postgres()).await.since(&cpu);
     progress.abort();
-    verify(&flow, &keys).await?;
+    verify(&flow, &keys, opts.events).await?;
     flow.shutdown().await;
     Ok(throughput::Throughput {
         elapsed,
@@ -347,22 +351,27 @@ async fn drain(
     })
 }
 
-async fn verify(flow: &TaskFlow, keys: &[String]) -> Result<()> {
+async fn verify(flow: &TaskFlow, keys: &[String], events: u32) -> Result<()> {
     let began = Instant::now();
-    throughput::verify(flow, keys).await?;
+    throughput::verify(flow, keys, 3 + u64::from(events)).await?;
     eprintln!("engine: verified in {:.1} s", began.elapsed().as_secs_f64());
     Ok(())
 }
 
-fn register(flow: &TaskFlow, rec: &Arc<Recorder>) -> Result<()> {
+fn register(flow: &TaskFlow, rec: &Arc<Recorder>, events: u32) -> Result<()> {
     let rec = rec.clone();
     flow.register_with(
         TASK,
         TaskOptions::new().max_attempts(1),
-        move |_ctx: TaskContext, i: usize| {
+        move |ctx: TaskContext, i: usize| {
             let rec = rec.clone();
             async move {
                 rec.handled(i);
+                for tick in 0..events {
+                    ctx.emit("tick", tick)
+                        .await
+                        .map_err(|e| TaskError::permanent(e.to_string()))?;
+                }
                 Ok::<_, TaskError>(())
             }
         },
@@ -394,6 +403,7 @@ fn report(opts: &Options, tp: &throughput::Throughput, lat: Option<&latency::Lat
         mode: "engine",
         workload: opts.workload.as_str(),
         history: opts.history,
+        events_per_task: opts.events,
         store: match opts.store {
             StoreKind::Sqlite => "sqlite",
             StoreKind::Postgres => "postgres",

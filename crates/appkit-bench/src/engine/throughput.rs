@@ -154,17 +154,17 @@ pub(super) async fn verify_pending(flow: &TaskFlow, keys: &[String]) -> Result<(
     Ok(())
 }
 
-/// Checks, untimed, that every task completed in one attempt with exactly the events
-/// `created`, `started`, `completed`.
-pub(super) async fn verify(flow: &TaskFlow, keys: &[String]) -> Result<()> {
+/// Checks, untimed, that every task completed in one attempt with exactly `events` events
+/// (`created`, `started`, the handler's, `completed`).
+pub(super) async fn verify(flow: &TaskFlow, keys: &[String], events: u64) -> Result<()> {
     let mut checks = futures_util::stream::iter(keys)
         .map(|key| async move { (key, flow.status(key, None).await) })
         .buffer_unordered(8);
     while let Some((key, status)) = checks.next().await {
         let task = status.with_context(|| format!("status of {key}"))?;
-        if task.status != TaskStatus::Completed || task.attempt != 1 || task.last_seq != 3 {
+        if task.status != TaskStatus::Completed || task.attempt != 1 || task.last_seq != events {
             bail!(
-                "task {key}: status {} attempt {} last_seq {} (want completed, 1, 3)",
+                "task {key}: status {} attempt {} last_seq {} (want completed, 1, {events})",
                 task.status,
                 task.attempt,
                 task.last_seq

@@ -53,6 +53,7 @@ macro_rules! __conformance_cases {
             claim_respects_budget,
             claim_is_exclusive,
             emit_assigns_gapless_seqs,
+            emits_of_several_runs_in_one_batch_keep_queue_order,
             fenced_writes_are_refused,
             step_commits_checkpoint_with_events,
             finish_transitions,
@@ -609,6 +610,60 @@ pub async fn emit_assigns_gapless_seqs(store: Arc<dyn Storage>) {
         [1, 2, 3, 4, 5]
     );
     assert_eq!(status(s, "t1").await.last_seq, 5);
+}
+
+/// A batch's emits are written in one statement: each run's events get gapless seqs in
+/// queue order (one run may have several emits in the batch), a wrong fence refuses only
+/// its own op, and a run's emit queued with its own finish lands before `completed`.
+pub async fn emits_of_several_runs_in_one_batch_keep_queue_order(store: Arc<dyn Storage>) {
+    let s = &*store;
+    let t1 = running(s, "t1", "n1").await;
+    let t2 = running(s, "t2", "n1").await;
+    let emit = |f: Fence, names: &[&str]| WriteOp::Emit {
+        fence: f,
+        events: names.iter().map(|n| custom(n, json!(n))).collect(),
+    };
+    let batch = [
+        finish(&t2, "n1", Finish::Complete { result: json!(2) }, 3_000),
+        emit(fence(&t1, "n1"), &["a"]),
+        emit(fence(&t2, "n1"), &["x"]),
+        emit(fence(&t2, "n2"), &["stale"]),
+        emit(fence(&t1, "n1"), &["b", "c"]),
+        emit(fence(&t1, "n1"), &[]),
+    ];
+    let out = s.write_batch(&batch).await.expect("the batch commits");
+    let got: Vec<_> = out
+        .iter()
+        .map(|o| {
+            let applied = matches!(o.result, OpResult::Applied);
+            let events: Vec<_> = o.events.iter().map(|e| (e.seq, e.name.clone())).collect();
+            (applied, events)
+        })
+        .collect();
+    let ev = |pairs: &[(u64, &str)]| -> Vec<(u64, String)> {
+        pairs.iter().map(|(q, n)| (*q, (*n).to_owned())).collect()
+    };
+    assert_eq!(
+        got,
+        [
+            (true, ev(&[(4, "completed")])),
+            (true, ev(&[(3, "a")])),
+            (true, ev(&[(3, "x")])),
+            (false, vec![]),
+            (true, ev(&[(4, "b"), (5, "c")])),
+            (true, vec![]),
+        ]
+    );
+    assert_eq!(
+        seqs(s, "t1").await,
+        numbered(&["created", "started", "a", "b", "c"])
+    );
+    assert_eq!(
+        seqs(s, "t2").await,
+        numbered(&["created", "started", "x", "completed"])
+    );
+    assert_eq!(status(s, "t1").await.last_seq, 5);
+    assert_eq!(status(s, "t2").await.status, TaskStatus::Completed);
 }
 
 /// Runner writes with the wrong node or epoch are refused, and so are the owner's once

@@ -1,8 +1,8 @@
 //! The batch algorithm, written once for both backends: one call applies a batch of ops
 //! inside the caller's transaction and returns one outcome per op.
 //!
-//! Submits and attempt outcomes are applied in bulk (one statement each for the whole
-//! batch), then everything else in queue order; ops in one batch are concurrent, so any
+//! Submits, event appends and attempt outcomes are applied in bulk (one statement each
+//! for the whole batch), then everything else in queue order; ops in one batch are concurrent, so any
 //! order of them is a valid serialization. Events get their seqs here and are written in
 //! one statement before the commit. Every runner write is fenced by `(node, epoch)`.
 
@@ -20,7 +20,8 @@ use super::ops::{
     SubmitParams, WriteOp,
 };
 use super::rows::{
-    CandidateRow, ClaimedRow, IdRow, LeaseRow, ReapRow, SeqRow, StatusRow, TaskRow, parse_status,
+    CandidateRow, ClaimedRow, FencedSeqRow, IdRow, LeaseRow, ReapRow, SeqRow, StatusRow, TaskRow,
+    parse_status,
 };
 use super::sql::{Sql, SqlConn, args};
 use crate::error::{Error, Result};
@@ -124,6 +125,7 @@ impl<'c, C: SqlConn> Batch<'c, C> {
     pub(crate) async fn apply(mut self, instance: &str, ops: &[WriteOp]) -> Result<Vec<OpOutcome>> {
         let mut out: Vec<Option<OpOutcome>> = vec![None; ops.len()];
         self.submit_all(ops, &mut out).await?;
+        self.emit_all(ops, &mut out).await?;
         self.finish_all(ops, &mut out).await?;
         for (op, slot) in ops.iter().zip(out.iter()) {
             if let Some(o) = slot {
@@ -161,17 +163,16 @@ impl<'c, C: SqlConn> Batch<'c, C> {
 
     async fn apply_one(&mut self, op: &WriteOp) -> Result<OpOutcome> {
         match op {
-            WriteOp::Submit(_) | WriteOp::Finish { .. } => {
-                Err(Error::internal("submit and finish ops are applied in bulk"))
-            }
+            WriteOp::Submit(_) | WriteOp::Emit { .. } | WriteOp::Finish { .. } => Err(
+                Error::internal("submit, emit and finish ops are applied in bulk"),
+            ),
             WriteOp::Claim(p) => self.claim(p).await,
-            WriteOp::Emit { fence, events } => self.emit(fence, events, None).await,
             WriteOp::Step {
                 fence,
                 name,
                 result,
                 events,
-            } => self.emit(fence, events, Some((name, result))).await,
+            } => self.step(fence, events, name, result).await,
             WriteOp::Control {
                 task_id,
                 action,
@@ -374,12 +375,81 @@ impl<'c, C: SqlConn> Batch<'c, C> {
         })
     }
 
-    /// Appends events (and, for a step, its checkpoint) under the runner's fence.
-    async fn emit(
+    /// Every `Emit` of the batch: one fenced multi-row update reserves each task's seqs,
+    /// then the events get them in queue order. Emits of one run are grouped first (a
+    /// handler may emit concurrently): an update applies at most one source row per task.
+    async fn emit_all(&mut self, ops: &[WriteOp], out: &mut [Option<OpOutcome>]) -> Result<()> {
+        let mut groups: Vec<EmitGroup<'_>> = Vec::new();
+        let mut group_of: HashMap<&Fence, usize> = HashMap::new();
+        for (i, op) in ops.iter().enumerate() {
+            let WriteOp::Emit { fence, events } = op else {
+                continue;
+            };
+            let g = *group_of.entry(fence).or_insert_with(|| {
+                groups.push(EmitGroup {
+                    fence,
+                    n: 0,
+                    ops: Vec::new(),
+                });
+                groups.len() - 1
+            });
+            groups[g].n += i64::try_from(events.len()).unwrap_or(i64::MAX);
+            groups[g].ops.push((i, events));
+        }
+        if groups.is_empty() {
+            return Ok(());
+        }
+        let now = super::now_ms();
+        let rows: Vec<EmitDoc<'_>> = groups
+            .iter()
+            .map(|g| EmitDoc {
+                id: &g.fence.task_id,
+                node: &g.fence.node,
+                epoch: g.fence.epoch,
+                n: g.n,
+                now,
+            })
+            .collect();
+        let applied: Vec<FencedSeqRow> = self
+            .conn
+            .fetch_all(self.sql.bump_seqs, args![json_text(&rows)?])
+            .await?;
+        let applied: HashMap<(String, String, i64), i64> = applied
+            .into_iter()
+            .map(|r| ((r.id, r.node, i64::from(r.epoch)), r.last_seq))
+            .collect();
+        for g in groups {
+            let fence = (
+                g.fence.task_id.clone(),
+                g.fence.node.clone(),
+                i64::from(g.fence.epoch),
+            );
+            let Some(&last_seq) = applied.get(&fence) else {
+                for (i, _) in g.ops {
+                    out[i] = Some(result(OpResult::Fenced));
+                }
+                continue;
+            };
+            let mut next = last_seq - g.n + 1;
+            for (i, events) in g.ops {
+                let appended = self.append(&g.fence.task_id, next, events, now);
+                next += i64::try_from(events.len()).unwrap_or(i64::MAX);
+                out[i] = Some(OpOutcome {
+                    result: OpResult::Applied,
+                    events: appended,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends a step's events and commits its checkpoint under the runner's fence.
+    async fn step(
         &mut self,
         fence: &Fence,
         events: &[NewEvent],
-        step: Option<(&String, &Value)>,
+        name: &str,
+        value: &Value,
     ) -> Result<OpOutcome> {
         let now = super::now_ms();
         let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
@@ -393,14 +463,12 @@ impl<'c, C: SqlConn> Batch<'c, C> {
         let Some(bumped) = bumped else {
             return Ok(result(OpResult::Fenced));
         };
-        if let Some((name, value)) = step {
-            self.conn
-                .execute(
-                    self.sql.insert_step,
-                    args![&fence.task_id, name, value.clone(), now],
-                )
-                .await?;
-        }
+        self.conn
+            .execute(
+                self.sql.insert_step,
+                args![&fence.task_id, name, value.clone(), now],
+            )
+            .await?;
         let events = self.append(&fence.task_id, bumped.last_seq - n + 1, events, now);
         Ok(OpOutcome {
             result: OpResult::Applied,
@@ -722,6 +790,24 @@ impl<'a> NewTaskDoc<'a> {
             last_seq,
         }
     }
+}
+
+/// The emits of one run within a batch, in queue order.
+struct EmitGroup<'a> {
+    fence: &'a Fence,
+    /// Events of all of them.
+    n: i64,
+    ops: Vec<(usize, &'a [NewEvent])>,
+}
+
+/// A run's seq reservation as the bulk emit reads it.
+#[derive(Serialize)]
+struct EmitDoc<'a> {
+    id: &'a str,
+    node: &'a str,
+    epoch: u32,
+    n: i64,
+    now: i64,
 }
 
 /// An attempt's outcome as the bulk finish reads it.

@@ -15,7 +15,7 @@ use crate::task::{IdempotencyMode, TaskInfo, TaskStatus};
 /// `epoch` counts claims of the task and is never reused, unlike the attempt number (a
 /// recovery or a shutdown release gives the attempt back), so a stale runner can never
 /// pass the fence of a later claim, even on the same node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Fence {
     /// The task.
     pub task_id: String,

@@ -106,6 +106,15 @@ pub(crate) struct SeqRow {
     pub(crate) last_seq: i64,
 }
 
+/// A fenced bulk update that matched one run: its fence and the task's new `last_seq`.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct FencedSeqRow {
+    pub(crate) id: String,
+    pub(crate) node: String,
+    pub(crate) epoch: i32,
+    pub(crate) last_seq: i64,
+}
+
 /// A `task_events` row.
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct EventRow {

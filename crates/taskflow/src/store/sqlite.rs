@@ -311,6 +311,14 @@ static SQL: Sql = Sql {
     bump_seq: "UPDATE tasks SET last_seq = last_seq + ?1, updated_at = ?2 \
          WHERE id = ?3 AND owner_node = ?4 AND epoch = ?5 AND status = 'running' \
          RETURNING id, last_seq",
+    bump_seqs: "UPDATE tasks SET last_seq = tasks.last_seq + v.n, updated_at = v.now \
+         FROM (SELECT value ->> 'id' AS id, value ->> 'node' AS node, \
+               value ->> 'epoch' AS epoch, value ->> 'n' AS n, value ->> 'now' AS now \
+               FROM jsonb_each(?1)) AS v \
+         WHERE tasks.id = v.id AND tasks.owner_node = v.node AND tasks.epoch = v.epoch \
+         AND tasks.status = 'running' \
+         RETURNING tasks.id AS id, tasks.owner_node AS node, tasks.epoch AS epoch, \
+         tasks.last_seq AS last_seq",
     insert_step: "INSERT INTO task_steps (task_id, name, result, created_at) \
          VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
     finish: "UPDATE tasks SET status = v.status, result = coalesce(v.result, tasks.result), \

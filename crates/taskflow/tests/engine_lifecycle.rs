@@ -52,6 +52,39 @@ async fn task_runs_to_completion_with_its_events_in_order() {
     flow.shutdown().await;
 }
 
+/// A handler may emit from several futures at once (the emits of one run can share a
+/// batch): every event is stored once, with gapless seqs, before `completed`.
+#[tokio::test]
+async fn concurrent_emits_of_one_run_get_gapless_seqs() {
+    let (flow, _dir) = start(fast_config()).await;
+    flow.register("fan", |ctx: TaskContext, n: u32| async move {
+        let emits = (0..n).map(|i| {
+            let ctx = &ctx;
+            async move { ctx.emit("part", i).await }
+        });
+        for done in futures_util::future::join_all(emits).await {
+            done?;
+        }
+        Ok::<_, TaskError>(())
+    })
+    .unwrap();
+    let key = key_of(flow.submit("fan", 16, SubmitOptions::new()).await.unwrap()).await;
+    let events = all_events(&flow, &key, None, 0).await;
+    assert_gapless(&events, 0);
+    assert_eq!(events.len(), 2 + 16 + 1, "{:?}", names(&events));
+    assert_eq!(events.last().unwrap().kind, EventKind::Completed);
+    let mut parts: Vec<u64> = events[2..18]
+        .iter()
+        .map(|e| {
+            assert_eq!(e.name, "part");
+            e.payload.as_u64().unwrap()
+        })
+        .collect();
+    parts.sort_unstable();
+    assert_eq!(parts, (0..16).collect::<Vec<_>>(), "each emit stored once");
+    flow.shutdown().await;
+}
+
 #[tokio::test]
 async fn duplicate_submit_attaches_and_at_most_once_never_reruns() {
     let (flow, _dir) = start(fast_config()).await;

@@ -35,6 +35,7 @@ modes:
            --workload W       e2e (default) | submit (no executor) | drain (backlog, then run)
            --history H        first fill the store with H completed tasks (default 0)
            --events E         custom events each task emits before it returns (default 0)
+           --steps S          checkpointed steps each task runs before it returns (default 0)
            RUST_LOG=taskflow::writer=debug  one stderr line per batch: its ops and micros
   sse      idle SSE bridges against the release dev-playground binary (build it first)
            --bridges N            bridges held open for the memory phase (default 10000)

@@ -22,7 +22,8 @@
 //!
 //! The handler `bench.noop` takes its task index as input, records when it ran, emits
 //! `--events` custom events (`tick`, payload the event's index; none by default), each
-//! awaited as a handler awaits `emit`, and returns `null`. Tasks are submitted without a user and with derived idempotency keys, so every
+//! awaited as a handler awaits `emit`, runs `--steps` checkpointed steps (`step-<n>`, each
+//! returning its index; none by default) one after another, and returns `null`. Tasks are submitted without a user and with derived idempotency keys, so every
 //! submit pays for key derivation (JCS + SHA-256). `max_attempts` is 1: a failure is never
 //! hidden by a retry.
 //!
@@ -108,6 +109,7 @@ pub(crate) struct Options {
     workload: Workload,
     history: usize,
     events: u32,
+    steps: u32,
 }
 
 /// What is measured (see the module docs).
@@ -179,6 +181,7 @@ impl Options {
             workload: flags.take("workload", Workload::E2e)?,
             history: flags.take("history", 0)?,
             events: flags.take("events", 0)?,
+            steps: flags.take("steps", 0)?,
         };
         flags.finish()?;
         anyhow::ensure!(opts.tasks > 0, "--tasks must be at least 1");
@@ -202,6 +205,7 @@ struct Report {
     store: &'static str,
     history: usize,
     events_per_task: u32,
+    steps_per_task: u32,
     tasks: usize,
     concurrency: usize,
     slots: usize,
@@ -254,7 +258,7 @@ async fn e2e(
     rec: &Arc<Recorder>,
 ) -> Result<(throughput::Throughput, Option<latency::Latency>)> {
     let flow = spec.start(config).await?;
-    register(&flow, rec, opts.events)?;
+    register(&flow, rec, opts)?;
     let progress = tokio::spawn(progress(rec.clone(), opts.tasks));
     eprintln!(
         "engine: phase 1: {} tasks, {} submitters, {} slots",
@@ -291,7 +295,7 @@ async fn submit_only(
     rec: &Arc<Recorder>,
 ) -> Result<throughput::Throughput> {
     let flow = spec.start(config.run_tasks(false)).await?;
-    register(&flow, rec, opts.events)?;
+    register(&flow, rec, opts)?;
     eprintln!(
         "engine: submit: {} tasks, {} submitters, no executor",
         opts.tasks, opts.concurrency
@@ -320,7 +324,7 @@ async fn drain(
     rec: &Arc<Recorder>,
 ) -> Result<throughput::Throughput> {
     let submitter = spec.start(config.clone().run_tasks(false)).await?;
-    register(&submitter, rec, opts.events)?;
+    register(&submitter, rec, opts)?;
     eprintln!("engine: drain: submitting {} tasks (untimed)", opts.tasks);
     let began = Instant::now();
     let keys = throughput::submit_all(&submitter, rec, opts.tasks, opts.concurrency).await?;
@@ -335,7 +339,7 @@ async fn drain(
     let cpu = cpu::Snapshot::take(spec.postgres()).await;
     let began = Instant::now();
     let flow = spec.start(config).await?;
-    register(&flow, rec, opts.events)?;
+    register(&flow, rec, opts)?;
     throughput::wait_all_completed(&flow, rec, &keys).await?;
     let elapsed = began.elapsed();
     let cpu = cpu::Snapshot::take(spec.postgres()).await.since(&cpu);
@@ -358,8 +362,9 @@ async fn verify(flow: &TaskFlow, keys: &[String], events: u32) -> Result<()> {
     Ok(())
 }
 
-fn register(flow: &TaskFlow, rec: &Arc<Recorder>, events: u32) -> Result<()> {
+fn register(flow: &TaskFlow, rec: &Arc<Recorder>, opts: &Options) -> Result<()> {
     let rec = rec.clone();
+    let (events, steps) = (opts.events, opts.steps);
     flow.register_with(
         TASK,
         TaskOptions::new().max_attempts(1),
@@ -371,6 +376,12 @@ fn register(flow: &TaskFlow, rec: &Arc<Recorder>, events: u32) -> Result<()> {
                     ctx.emit("tick", tick)
                         .await
                         .map_err(|e| TaskError::permanent(e.to_string()))?;
+                }
+                for n in 0..steps {
+                    let got: u32 = ctx.step(&format!("step-{n}"), async move { Ok(n) }).await?;
+                    if got != n {
+                        return Err(TaskError::permanent(format!("step {n} returned {got}")));
+                    }
                 }
                 Ok::<_, TaskError>(())
             }
@@ -404,6 +415,7 @@ fn report(opts: &Options, tp: &throughput::Throughput, lat: Option<&latency::Lat
         workload: opts.workload.as_str(),
         history: opts.history,
         events_per_task: opts.events,
+        steps_per_task: opts.steps,
         store: match opts.store {
             StoreKind::Sqlite => "sqlite",
             StoreKind::Postgres => "postgres",

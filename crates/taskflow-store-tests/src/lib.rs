@@ -53,7 +53,7 @@ macro_rules! __conformance_cases {
             claim_respects_budget,
             claim_is_exclusive,
             emit_assigns_gapless_seqs,
-            emits_of_several_runs_in_one_batch_keep_queue_order,
+            emits_and_steps_of_several_runs_in_one_batch_keep_queue_order,
             fenced_writes_are_refused,
             step_commits_checkpoint_with_events,
             finish_transitions,
@@ -612,10 +612,13 @@ pub async fn emit_assigns_gapless_seqs(store: Arc<dyn Storage>) {
     assert_eq!(status(s, "t1").await.last_seq, 5);
 }
 
-/// A batch's emits are written in one statement: each run's events get gapless seqs in
-/// queue order (one run may have several emits in the batch), a wrong fence refuses only
-/// its own op, and a run's emit queued with its own finish lands before `completed`.
-pub async fn emits_of_several_runs_in_one_batch_keep_queue_order(store: Arc<dyn Storage>) {
+/// A batch's emits and steps are written in bulk: each run's events get gapless seqs in
+/// queue order (one run may have several emits and steps in the batch), a wrong fence
+/// refuses only its own ops (a refused step leaves no checkpoint), and a run's emit
+/// queued with its own finish lands before `completed`.
+pub async fn emits_and_steps_of_several_runs_in_one_batch_keep_queue_order(
+    store: Arc<dyn Storage>,
+) {
     let s = &*store;
     let t1 = running(s, "t1", "n1").await;
     let t2 = running(s, "t2", "n1").await;
@@ -628,8 +631,20 @@ pub async fn emits_of_several_runs_in_one_batch_keep_queue_order(store: Arc<dyn 
         emit(fence(&t1, "n1"), &["a"]),
         emit(fence(&t2, "n1"), &["x"]),
         emit(fence(&t2, "n2"), &["stale"]),
+        WriteOp::Step {
+            fence: fence(&t1, "n1"),
+            name: "s1".to_owned(),
+            result: json!(7),
+            events: vec![custom("s", json!(null))],
+        },
         emit(fence(&t1, "n1"), &["b", "c"]),
         emit(fence(&t1, "n1"), &[]),
+        WriteOp::Step {
+            fence: fence(&t2, "n2"),
+            name: "s2".to_owned(),
+            result: json!(8),
+            events: vec![],
+        },
     ];
     let out = s.write_batch(&batch).await.expect("the batch commits");
     let got: Vec<_> = out
@@ -650,19 +665,26 @@ pub async fn emits_of_several_runs_in_one_batch_keep_queue_order(store: Arc<dyn 
             (true, ev(&[(3, "a")])),
             (true, ev(&[(3, "x")])),
             (false, vec![]),
-            (true, ev(&[(4, "b"), (5, "c")])),
+            (true, ev(&[(4, "s")])),
+            (true, ev(&[(5, "b"), (6, "c")])),
             (true, vec![]),
+            (false, vec![]),
         ]
     );
     assert_eq!(
         seqs(s, "t1").await,
-        numbered(&["created", "started", "a", "b", "c"])
+        numbered(&["created", "started", "a", "s", "b", "c"])
     );
+    assert_eq!(
+        s.steps("t1").await.unwrap(),
+        HashMap::from([("s1".to_owned(), json!(7))])
+    );
+    assert!(s.steps("t2").await.unwrap().is_empty(), "a refused step");
     assert_eq!(
         seqs(s, "t2").await,
         numbered(&["created", "started", "x", "completed"])
     );
-    assert_eq!(status(s, "t1").await.last_seq, 5);
+    assert_eq!(status(s, "t1").await.last_seq, 6);
     assert_eq!(status(s, "t2").await.status, TaskStatus::Completed);
 }
 

@@ -1,8 +1,8 @@
 //! The batch algorithm, written once for both backends: one call applies a batch of ops
 //! inside the caller's transaction and returns one outcome per op.
 //!
-//! Submits, event appends and attempt outcomes are applied in bulk (one statement each
-//! for the whole batch), then everything else in queue order; ops in one batch are concurrent, so any
+//! Submits, runners' event appends and step checkpoints, and attempt outcomes are applied
+//! in bulk (one statement each for the whole batch), then everything else in queue order; ops in one batch are concurrent, so any
 //! order of them is a valid serialization. Events get their seqs here and are written in
 //! one statement before the commit. Every runner write is fenced by `(node, epoch)`.
 
@@ -125,7 +125,7 @@ impl<'c, C: SqlConn> Batch<'c, C> {
     pub(crate) async fn apply(mut self, instance: &str, ops: &[WriteOp]) -> Result<Vec<OpOutcome>> {
         let mut out: Vec<Option<OpOutcome>> = vec![None; ops.len()];
         self.submit_all(ops, &mut out).await?;
-        self.emit_all(ops, &mut out).await?;
+        self.runner_writes_all(ops, &mut out).await?;
         self.finish_all(ops, &mut out).await?;
         for (op, slot) in ops.iter().zip(out.iter()) {
             if let Some(o) = slot {
@@ -163,16 +163,13 @@ impl<'c, C: SqlConn> Batch<'c, C> {
 
     async fn apply_one(&mut self, op: &WriteOp) -> Result<OpOutcome> {
         match op {
-            WriteOp::Submit(_) | WriteOp::Emit { .. } | WriteOp::Finish { .. } => Err(
-                Error::internal("submit, emit and finish ops are applied in bulk"),
-            ),
+            WriteOp::Submit(_)
+            | WriteOp::Emit { .. }
+            | WriteOp::Step { .. }
+            | WriteOp::Finish { .. } => Err(Error::internal(
+                "submit, emit, step and finish ops are applied in bulk",
+            )),
             WriteOp::Claim(p) => self.claim(p).await,
-            WriteOp::Step {
-                fence,
-                name,
-                result,
-                events,
-            } => self.step(fence, events, name, result).await,
             WriteOp::Control {
                 task_id,
                 action,
@@ -375,18 +372,30 @@ impl<'c, C: SqlConn> Batch<'c, C> {
         })
     }
 
-    /// Every `Emit` of the batch: one fenced multi-row update reserves each task's seqs,
-    /// then the events get them in queue order. Emits of one run are grouped first (a
-    /// handler may emit concurrently): an update applies at most one source row per task.
-    async fn emit_all(&mut self, ops: &[WriteOp], out: &mut [Option<OpOutcome>]) -> Result<()> {
-        let mut groups: Vec<EmitGroup<'_>> = Vec::new();
+    /// Every `Emit` and `Step` of the batch: one fenced multi-row update reserves each
+    /// run's seqs, the events get them in queue order, and the checkpoints of the runs
+    /// whose fence held go in one insert. A run's ops are grouped first (a handler may
+    /// emit concurrently): an update applies at most one source row per task.
+    async fn runner_writes_all(
+        &mut self,
+        ops: &[WriteOp],
+        out: &mut [Option<OpOutcome>],
+    ) -> Result<()> {
+        let mut groups: Vec<RunWrites<'_>> = Vec::new();
         let mut group_of: HashMap<&Fence, usize> = HashMap::new();
         for (i, op) in ops.iter().enumerate() {
-            let WriteOp::Emit { fence, events } = op else {
-                continue;
+            let (fence, events, step) = match op {
+                WriteOp::Emit { fence, events } => (fence, events, None),
+                WriteOp::Step {
+                    fence,
+                    name,
+                    result,
+                    events,
+                } => (fence, events, Some((name.as_str(), result))),
+                _ => continue,
             };
             let g = *group_of.entry(fence).or_insert_with(|| {
-                groups.push(EmitGroup {
+                groups.push(RunWrites {
                     fence,
                     n: 0,
                     ops: Vec::new(),
@@ -394,7 +403,7 @@ impl<'c, C: SqlConn> Batch<'c, C> {
                 groups.len() - 1
             });
             groups[g].n += i64::try_from(events.len()).unwrap_or(i64::MAX);
-            groups[g].ops.push((i, events));
+            groups[g].ops.push((i, events, step));
         }
         if groups.is_empty() {
             return Ok(());
@@ -418,6 +427,7 @@ impl<'c, C: SqlConn> Batch<'c, C> {
             .into_iter()
             .map(|r| ((r.id, r.node, i64::from(r.epoch)), r.last_seq))
             .collect();
+        let mut steps = Vec::new();
         for g in groups {
             let fence = (
                 g.fence.task_id.clone(),
@@ -425,55 +435,35 @@ impl<'c, C: SqlConn> Batch<'c, C> {
                 i64::from(g.fence.epoch),
             );
             let Some(&last_seq) = applied.get(&fence) else {
-                for (i, _) in g.ops {
+                for (i, _, _) in g.ops {
                     out[i] = Some(result(OpResult::Fenced));
                 }
                 continue;
             };
             let mut next = last_seq - g.n + 1;
-            for (i, events) in g.ops {
+            for (i, events, step) in g.ops {
                 let appended = self.append(&g.fence.task_id, next, events, now);
                 next += i64::try_from(events.len()).unwrap_or(i64::MAX);
+                if let Some((name, result)) = step {
+                    steps.push(StepDoc {
+                        task_id: &g.fence.task_id,
+                        name,
+                        result,
+                        now,
+                    });
+                }
                 out[i] = Some(OpOutcome {
                     result: OpResult::Applied,
                     events: appended,
                 });
             }
         }
+        if !steps.is_empty() {
+            self.conn
+                .execute(self.sql.insert_steps, args![json_text(&steps)?])
+                .await?;
+        }
         Ok(())
-    }
-
-    /// Appends a step's events and commits its checkpoint under the runner's fence.
-    async fn step(
-        &mut self,
-        fence: &Fence,
-        events: &[NewEvent],
-        name: &str,
-        value: &Value,
-    ) -> Result<OpOutcome> {
-        let now = super::now_ms();
-        let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
-        let bumped: Option<SeqRow> = self
-            .conn
-            .fetch_optional(
-                self.sql.bump_seq,
-                args![n, now, &fence.task_id, &fence.node, fence.epoch],
-            )
-            .await?;
-        let Some(bumped) = bumped else {
-            return Ok(result(OpResult::Fenced));
-        };
-        self.conn
-            .execute(
-                self.sql.insert_step,
-                args![&fence.task_id, name, value.clone(), now],
-            )
-            .await?;
-        let events = self.append(&fence.task_id, bumped.last_seq - n + 1, events, now);
-        Ok(OpOutcome {
-            result: OpResult::Applied,
-            events,
-        })
     }
 
     /// Every `Finish` of the batch in one fenced multi-row update.
@@ -792,12 +782,25 @@ impl<'a> NewTaskDoc<'a> {
     }
 }
 
-/// The emits of one run within a batch, in queue order.
-struct EmitGroup<'a> {
+/// The emits and steps of one run within a batch, in queue order.
+struct RunWrites<'a> {
     fence: &'a Fence,
     /// Events of all of them.
     n: i64,
-    ops: Vec<(usize, &'a [NewEvent])>,
+    /// Each op's index in the batch, its events and, for a step, its checkpoint.
+    ops: Vec<(usize, &'a [NewEvent], Option<Checkpoint<'a>>)>,
+}
+
+/// A step's name and result.
+type Checkpoint<'a> = (&'a str, &'a Value);
+
+/// A step's checkpoint as the bulk insert reads it.
+#[derive(Serialize)]
+struct StepDoc<'a> {
+    task_id: &'a str,
+    name: &'a str,
+    result: &'a Value,
+    now: i64,
 }
 
 /// A run's seq reservation as the bulk emit reads it.

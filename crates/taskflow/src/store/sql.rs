@@ -219,13 +219,11 @@ pub(crate) struct Sql {
     pub(crate) claim_candidates: &'static str,
     /// `(node, lease_until, now, ids json)` → claimed rows.
     pub(crate) claim_mark: &'static str,
-    /// `(n, now, task_id, node, epoch)` → seq row (fenced).
-    pub(crate) bump_seq: &'static str,
     /// `(rows json)` → `(id, node, epoch, last_seq)` rows of the runs whose fence held;
     /// each row reserves `n` seqs for one run.
     pub(crate) bump_seqs: &'static str,
-    /// `(task_id, name, result, now)`.
-    pub(crate) insert_step: &'static str,
+    /// `(rows json)`: step checkpoints; a name already checkpointed keeps its first result.
+    pub(crate) insert_steps: &'static str,
     /// `(rows json)` → seq rows of the applied outcomes (fenced).
     pub(crate) finish: &'static str,
     /// `(id)` → status, locking the row where the backend can.

@@ -308,9 +308,6 @@ static SQL: Sql = Sql {
         task_columns!(),
         ", epoch"
     ),
-    bump_seq: "UPDATE tasks SET last_seq = last_seq + ?1, updated_at = ?2 \
-         WHERE id = ?3 AND owner_node = ?4 AND epoch = ?5 AND status = 'running' \
-         RETURNING id, last_seq",
     bump_seqs: "UPDATE tasks SET last_seq = tasks.last_seq + v.n, updated_at = v.now \
          FROM (SELECT value ->> 'id' AS id, value ->> 'node' AS node, \
                value ->> 'epoch' AS epoch, value ->> 'n' AS n, value ->> 'now' AS now \
@@ -319,8 +316,9 @@ static SQL: Sql = Sql {
          AND tasks.status = 'running' \
          RETURNING tasks.id AS id, tasks.owner_node AS node, tasks.epoch AS epoch, \
          tasks.last_seq AS last_seq",
-    insert_step: "INSERT INTO task_steps (task_id, name, result, created_at) \
-         VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+    insert_steps: "INSERT INTO task_steps (task_id, name, result, created_at) \
+         SELECT value ->> 'task_id', value ->> 'name', value -> 'result', value ->> 'now' \
+         FROM jsonb_each(?1) WHERE true ON CONFLICT DO NOTHING",
     finish: "UPDATE tasks SET status = v.status, result = coalesce(v.result, tasks.result), \
          error = coalesce(v.error, tasks.error), run_at = coalesce(v.run_at, tasks.run_at), \
          owner_node = NULL, lease_expires_at = NULL, control = NULL, \

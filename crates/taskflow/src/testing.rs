@@ -3,7 +3,7 @@
 //! for tests that must reach below the public API (a task claimed by a "dead" process,
 //! a COMMIT that fails after the database committed).
 //!
-//! Nothing here is a stable API; applications use [`TaskFlow`](crate::TaskFlow).
+//! Nothing here is a stable API; applications use [`TaskFlow`].
 
 use std::sync::Arc;
 

@@ -25,7 +25,7 @@ pub struct Fence {
     pub epoch: u32,
 }
 
-/// One change for [`Store::write_batch`].
+/// One change for [`Storage::write_batch`](super::Storage::write_batch).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum WriteOp {

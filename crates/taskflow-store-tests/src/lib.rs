@@ -51,6 +51,7 @@ macro_rules! __conformance_cases {
             claim_takes_ready_tasks_in_order,
             claim_skips_future_and_unregistered,
             claim_respects_budget,
+            claim_looks_past_candidates_a_limit_refused,
             claim_is_exclusive,
             emit_assigns_gapless_seqs,
             emits_and_steps_of_several_runs_in_one_batch_keep_queue_order,
@@ -559,6 +560,37 @@ pub async fn claim_respects_budget(store: Arc<dyn Storage>) {
     ids.sort();
     assert_eq!(ids, ["a0", "a1", "b0"]);
     assert!(more, "skipped candidates are reported");
+}
+
+/// A claim reads about as many candidates as it has free slots; when per-user limits
+/// refuse the oldest ones while slots remain, it looks further and still fills the slots
+/// in queue order.
+pub async fn claim_looks_past_candidates_a_limit_refused(store: Arc<dyn Storage>) {
+    let s = &*store;
+    for i in 0..4 {
+        submit(
+            s,
+            params(&format!("a{i}"), &format!("ka{i}"), Some("alice")),
+        )
+        .await;
+    }
+    submit(s, params("b0", "kb0", Some("bob"))).await;
+    submit(s, params("c0", "kc0", Some("carol"))).await;
+    let mut p = claim_params("n1", 2_000, 2);
+    p.budget.per_user = 1;
+    let out = one(s, WriteOp::Claim(p)).await;
+    let OpResult::Claimed { tasks, more } = out.result else {
+        panic!("unexpected {:?}", out.result)
+    };
+    let mut ids: Vec<_> = tasks.iter().map(|c| c.task.id.clone()).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["a0", "b0"],
+        "alice's first, then the next other user's"
+    );
+    assert!(more, "c0 and alice's others wait");
+    assert_eq!(s.tasks_pending_count().await.unwrap(), 4);
 }
 
 /// Two claims in one batch never hand out the same task.

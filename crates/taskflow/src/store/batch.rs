@@ -316,27 +316,57 @@ impl<'c, C: SqlConn> Batch<'c, C> {
                 more,
             }));
         }
-        let window = budget.window();
         let names = json_text(&p.names)?;
-        let limit = i64::try_from(window).unwrap_or(1024);
         let from = self.cursor.start(p.now);
-        let candidates: Vec<CandidateRow> = self
-            .conn
-            .fetch_all(self.sql.claim_candidates, args![p.now, names, limit, from])
-            .await?;
-        self.cursor
-            .advance(p.now, candidates.first().map(|c| c.run_at));
-        let more = candidates.len() >= window;
-        let mut skipped = false;
+        // One candidate more than there are free slots (that one only tells whether more
+        // work waits). Only when a per-user or per-name limit refused candidates while
+        // slots remain does the claim read again, further (up to `window`), so the common
+        // claim reads no row it will not take.
+        let mut limit = budget.global.saturating_add(1);
         let mut chosen: HashMap<String, (bool, bool)> = HashMap::new();
-        for c in candidates {
-            let user = (!c.user_id.is_empty()).then_some(c.user_id.as_str());
-            if budget.admit(user, &c.name) {
-                chosen.insert(c.id, (c.recovery, c.auto_recover));
-            } else {
-                skipped = true;
+        let mut refused: HashSet<String> = HashSet::new();
+        let mut skipped = false;
+        let mut first_read = true;
+        let more = loop {
+            let candidates: Vec<CandidateRow> = self
+                .conn
+                .fetch_all(
+                    self.sql.claim_candidates,
+                    args![
+                        p.now,
+                        names.as_str(),
+                        i64::try_from(limit).unwrap_or(1024),
+                        from
+                    ],
+                )
+                .await?;
+            if first_read {
+                self.cursor
+                    .advance(p.now, candidates.first().map(|c| c.run_at));
+                first_read = false;
             }
-        }
+            let full = candidates.len() >= limit;
+            let mut limited = false;
+            for c in candidates {
+                if chosen.contains_key(&c.id) || refused.contains(&c.id) {
+                    continue;
+                }
+                let user = (!c.user_id.is_empty()).then_some(c.user_id.as_str());
+                if budget.admit(user, &c.name) {
+                    chosen.insert(c.id, (c.recovery, c.auto_recover));
+                } else {
+                    skipped = true;
+                    limited |= budget.global > 0;
+                    refused.insert(c.id);
+                }
+            }
+            let window = p.budget.window();
+            if limited && full && budget.global > 0 && window > limit {
+                limit = window;
+                continue;
+            }
+            break full;
+        };
         let mut tasks = Vec::with_capacity(chosen.len());
         let mut events = Vec::with_capacity(chosen.len());
         if !chosen.is_empty() {

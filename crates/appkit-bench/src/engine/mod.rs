@@ -23,8 +23,9 @@
 //! The handler `bench.noop` takes its task index as input, records when it ran, emits
 //! `--events` custom events (`tick`, payload the event's index; none by default), each
 //! awaited as a handler awaits `emit`, runs `--steps` checkpointed steps (`step-<n>`, each
-//! returning its index; none by default) one after another, and returns `null`. Tasks are submitted without a user and with derived idempotency keys, so every
-//! submit pays for key derivation (JCS + SHA-256). `max_attempts` is 1: a failure is never
+//! returning its index; none by default) one after another, and returns `null`. Tasks are
+//! submitted without a user and with derived idempotency keys, so every submit pays for
+//! key derivation (JCS + SHA-256). `max_attempts` is 1: a failure is never
 //! hidden by a retry.
 //!
 //! # Phase 1: throughput

@@ -2,9 +2,10 @@
 //! inside the caller's transaction and returns one outcome per op.
 //!
 //! Submits, runners' event appends and step checkpoints, and attempt outcomes are applied
-//! in bulk (one statement each for the whole batch), then everything else in queue order; ops in one batch are concurrent, so any
-//! order of them is a valid serialization. Events get their seqs here and are written in
-//! one statement before the commit. Every runner write is fenced by `(node, epoch)`.
+//! in bulk (one statement each for the whole batch), then everything else in queue order;
+//! ops in one batch are concurrent, so any order of them is a valid serialization. Events
+//! get their seqs here and are written in one statement before the commit. Every runner
+//! write is fenced by `(node, epoch)`.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -325,6 +326,7 @@ impl<'c, C: SqlConn> Batch<'c, C> {
         let mut limit = budget.global.saturating_add(1);
         let mut chosen: HashMap<String, (bool, bool)> = HashMap::new();
         let mut refused: HashSet<String> = HashSet::new();
+        let window = p.budget.window();
         let mut skipped = false;
         let mut first_read = true;
         let more = loop {
@@ -360,7 +362,6 @@ impl<'c, C: SqlConn> Batch<'c, C> {
                     refused.insert(c.id);
                 }
             }
-            let window = p.budget.window();
             if limited && full && budget.global > 0 && window > limit {
                 limit = window;
                 continue;
@@ -439,9 +440,9 @@ impl<'c, C: SqlConn> Batch<'c, C> {
             return Ok(());
         }
         let now = super::now_ms();
-        let rows: Vec<EmitDoc<'_>> = groups
+        let rows: Vec<ReserveDoc<'_>> = groups
             .iter()
-            .map(|g| EmitDoc {
+            .map(|g| ReserveDoc {
                 id: &g.fence.task_id,
                 node: &g.fence.node,
                 epoch: g.fence.epoch,
@@ -453,18 +454,20 @@ impl<'c, C: SqlConn> Batch<'c, C> {
             .conn
             .fetch_all(self.sql.bump_seqs, args![json_text(&rows)?])
             .await?;
-        let applied: HashMap<(String, String, i64), i64> = applied
+        let applied: HashMap<Fence, i64> = applied
             .into_iter()
-            .map(|r| ((r.id, r.node, i64::from(r.epoch)), r.last_seq))
-            .collect();
+            .map(|r| {
+                let fence = Fence {
+                    task_id: r.id,
+                    node: r.node,
+                    epoch: super::rows::count(r.epoch, "epoch")?,
+                };
+                Ok((fence, r.last_seq))
+            })
+            .collect::<Result<_>>()?;
         let mut steps = Vec::new();
         for g in groups {
-            let fence = (
-                g.fence.task_id.clone(),
-                g.fence.node.clone(),
-                i64::from(g.fence.epoch),
-            );
-            let Some(&last_seq) = applied.get(&fence) else {
+            let Some(&last_seq) = applied.get(g.fence) else {
                 for (i, _, _) in g.ops {
                     out[i] = Some(result(OpResult::Fenced));
                 }
@@ -833,9 +836,9 @@ struct StepDoc<'a> {
     now: i64,
 }
 
-/// A run's seq reservation as the bulk emit reads it.
+/// A run's seq reservation (for its emits and steps) as the bulk update reads it.
 #[derive(Serialize)]
-struct EmitDoc<'a> {
+struct ReserveDoc<'a> {
     id: &'a str,
     node: &'a str,
     epoch: u32,

@@ -268,7 +268,8 @@ static SQL: Sql = Sql {
     bump_seqs: "UPDATE tasks SET last_seq = tasks.last_seq + v.n, updated_at = v.now \
          FROM (SELECT value ->> 'id' AS id, value ->> 'node' AS node, \
                (value ->> 'epoch')::int AS epoch, (value ->> 'n')::bigint AS n, \
-               (value ->> 'now')::bigint AS now FROM jsonb_array_elements($1::jsonb) AS value) AS v \
+               (value ->> 'now')::bigint AS now \
+               FROM jsonb_array_elements($1::jsonb) AS value) AS v \
          WHERE tasks.id = v.id AND tasks.owner_node = v.node AND tasks.epoch = v.epoch \
          AND tasks.status || '' = 'running' \
          RETURNING tasks.id AS id, tasks.owner_node AS node, tasks.epoch AS epoch, \

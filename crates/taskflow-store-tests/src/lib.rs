@@ -76,6 +76,7 @@ macro_rules! __conformance_cases {
             ambiguous_commit_during_an_outage_is_answered_unknown_in_bounded_time,
             fail_before_commit_rolls_back_the_whole_batch,
             a_batch_whose_opening_fails_leaves_no_transaction_behind,
+            a_batch_failing_at_its_last_statement_commits_nothing,
             stale_epoch_is_fenced_after_reclaim_on_the_same_node,
             recovery_gives_the_attempt_back_and_is_counted,
             recovery_limit_fails_the_task_and_redrive_resets_it,
@@ -1403,6 +1404,47 @@ pub async fn a_batch_whose_opening_fails_leaves_no_transaction_behind(store: Arc
     assert!(
         s.task_by_id("t1").await.unwrap().is_none(),
         "nothing of the failed batch"
+    );
+    assert_eq!(s.tasks_pending_count().await.unwrap(), 2);
+}
+
+/// A batch whose last statement before `COMMIT` fails (on SQLite, inside the statement
+/// list that also commits) reports an error, commits nothing, and leaves no transaction
+/// open: the next batches commit and are seen by readers.
+pub async fn a_batch_failing_at_its_last_statement_commits_nothing(store: Arc<dyn Storage>) {
+    let s = &*store;
+    let t = running(s, "t1", "n1").await;
+    let armed = &s.faults().fail_before_commit_statement;
+    armed.store(1, Ordering::SeqCst);
+    let failed = s
+        .write_batch(&[
+            WriteOp::Submit(params("t2", "k2", None)),
+            WriteOp::Emit {
+                fence: fence(&t, "n1"),
+                events: vec![custom("a", json!(1))],
+            },
+        ])
+        .await;
+    assert!(
+        matches!(failed, Err(ref e) if !matches!(e, taskflow::Error::OutcomeUnknown)),
+        "a plain failure is reported: {failed:?}"
+    );
+    assert_eq!(armed.load(Ordering::SeqCst), 0, "the armed fault was taken");
+    assert!(s.task_by_id("t2").await.unwrap().is_none(), "no submit");
+    let seqs = |evs: Vec<TaskEvent>| evs.iter().map(|e| e.seq).collect::<Vec<_>>();
+    let before = seqs(s.events_after("t1", 0, 100).await.unwrap());
+    for (id, key) in [("t3", "k3"), ("t4", "k4")] {
+        let (task, created) = submit(s, params(id, key, None)).await;
+        assert!(created && task.id == id, "the next batches commit");
+    }
+    assert!(
+        s.task_by_id("t3").await.unwrap().is_some(),
+        "a reader sees what the next batch committed"
+    );
+    assert_eq!(
+        seqs(s.events_after("t1", 0, 100).await.unwrap()),
+        before,
+        "no event of the failed batch"
     );
     assert_eq!(s.tasks_pending_count().await.unwrap(), 2);
 }

@@ -24,7 +24,7 @@ use super::rows::{
     CandidateRow, ClaimedRow, FencedSeqRow, IdRow, LeaseRow, ReapRow, SeqRow, StatusRow, TaskRow,
     parse_status,
 };
-use super::sql::{Sql, SqlConn, args};
+use super::sql::{Arg, Sql, SqlConn, args};
 use crate::error::{Error, Result};
 use crate::event::{NewEvent, TaskEvent};
 use crate::task::{IdempotencyMode, TaskInfo, TaskStatus};
@@ -121,9 +121,15 @@ impl<'c, C: SqlConn> Batch<'c, C> {
         }
     }
 
-    /// Applies `ops` and writes the batch's events; the caller opened the transaction
-    /// (with its commit marker) and commits it.
-    pub(crate) async fn apply(mut self, instance: &str, ops: &[WriteOp]) -> Result<Vec<OpOutcome>> {
+    /// Applies `ops` inside the transaction the caller opened. Where the dialect ends a
+    /// batch in one statement ([`Sql::close_batch`]) the events wait for
+    /// [`close`](Self::close); otherwise they are written (and other processes notified)
+    /// here, and the caller commits.
+    pub(crate) async fn apply(
+        &mut self,
+        instance: &str,
+        ops: &[WriteOp],
+    ) -> Result<Vec<OpOutcome>> {
         let mut out: Vec<Option<OpOutcome>> = vec![None; ops.len()];
         self.submit_all(ops, &mut out).await?;
         self.runner_writes_all(ops, &mut out).await?;
@@ -141,9 +147,22 @@ impl<'c, C: SqlConn> Batch<'c, C> {
             }
         }
         let out: Vec<OpOutcome> = out.into_iter().flatten().collect();
-        self.flush_events().await?;
-        self.notify(instance, ops, &out).await?;
+        if self.sql.close_batch.is_none() {
+            self.flush_events().await?;
+            self.notify(instance, ops, &out).await?;
+        }
         Ok(out)
+    }
+
+    /// The statement that ends the batch, with its arguments, where the dialect has one
+    /// ([`Sql::close_batch`]: the events, the commit marker, `COMMIT`); the caller sends it
+    /// and settles an error of it by the marker.
+    pub(crate) fn close(self, now: i64) -> Result<Option<(&'static str, Vec<Arg>)>> {
+        let Some(sql) = self.sql.close_batch else {
+            return Ok(None);
+        };
+        let rows: Vec<EventDoc<'_>> = self.events.iter().map(EventDoc::from).collect();
+        Ok(Some((sql, args![json_text(&rows)?, self.batch_id, now])))
     }
 
     /// Lowers the claim cursor to the clock of an op that left claimable work behind

@@ -4,6 +4,7 @@
 //! only says how to reach its database and how to spell each statement.
 
 use std::fmt::Debug;
+use std::ops::DerefMut;
 
 use async_trait::async_trait;
 use sqlx::Pool;
@@ -11,6 +12,7 @@ use tokio::sync::broadcast;
 
 use super::sql::{Sql, SqlConn};
 use super::{Backend, Notice};
+use crate::error::Result;
 
 /// One backend's dialect and connection handling.
 #[async_trait]
@@ -24,8 +26,17 @@ pub(crate) trait Driver: Send + Sync + Debug + 'static {
     /// The statements, in this backend's dialect.
     const SQL: &'static Sql;
 
-    /// The pool batches are written through (one connection for SQLite: one writer).
-    fn writer(&self) -> &Pool<Self::Db>;
+    /// The connection one batch is written through, held for that batch.
+    type WriteConn<'a>: DerefMut<Target = <Self::Db as sqlx::Database>::Connection> + Send
+    where
+        Self: 'a;
+
+    /// Waits for the connection the next batch is written through.
+    async fn write_conn(&self) -> Result<Self::WriteConn<'_>>;
+
+    /// Closes a connection whose state is unknown (a batch failed or stalled on it), so
+    /// that the database rolls back whatever it left open; the next batch gets a fresh one.
+    fn discard(conn: Self::WriteConn<'_>);
 
     /// The pool reads go through.
     fn reader(&self) -> &Pool<Self::Db>;

@@ -188,6 +188,11 @@ pub struct Faults {
     /// Make the statement list that opens the batch fail after its `BEGIN` (a second
     /// insert of the batch's marker), leaving the connection inside a transaction.
     pub fail_after_begin: std::sync::atomic::AtomicU32,
+    /// Make the batch fail just before its `COMMIT`, after all its writes (a second insert
+    /// of its marker). Where a batch ends in one statement list (SQLite: events, marker,
+    /// `COMMIT`), the failing insert is in that list, so the error comes back with the
+    /// transaction still open.
+    pub fail_before_commit_statement: std::sync::atomic::AtomicU32,
     /// Make the check of a batch's commit marker (after an ambiguous COMMIT) fail as if
     /// the store were out of reach: this many checks, not batches.
     pub marker_unreadable: std::sync::atomic::AtomicU32,

@@ -153,8 +153,14 @@ impl Driver for PgDriver {
     const SQL: &'static Sql = &SQL;
     const EXCLUSIVE: bool = false;
 
-    fn writer(&self) -> &PgPool {
-        &self.pool
+    type WriteConn<'a> = sqlx::pool::PoolConnection<Postgres>;
+
+    async fn write_conn(&self) -> Result<Self::WriteConn<'_>> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    fn discard(conn: Self::WriteConn<'_>) {
+        drop(sqlx::pool::PoolConnection::detach(conn));
     }
 
     fn reader(&self) -> &PgPool {
@@ -230,6 +236,7 @@ static SQL: Sql = Sql {
     // the primary key 100 times (2-5 ms per statement, measured at 5,000 tasks).
     begin_batch: "BEGIN; SET LOCAL plan_cache_mode = force_custom_plan; \
          SET LOCAL enable_sort = off; SET LOCAL enable_seqscan = off; SET LOCAL jit = off",
+    close_batch: None,
     batch_committed: "SELECT count(*) AS n FROM task_batches WHERE id = $1",
     find_by_key: concat!(
         "SELECT ",

@@ -2,6 +2,8 @@
 //! table each driver fills with its dialect, and [`SqlConn`], implemented for both
 //! connection types by one macro so that the binding and fetching code exists once.
 
+use std::borrow::Cow;
+
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 use sqlx::FromRow;
@@ -92,28 +94,91 @@ impl<T> Row for T where
 {
 }
 
+/// A statement's text: one of the dialect's (static), or one built for a batch.
+pub(crate) type Text = Cow<'static, str>;
+
 /// A connection that runs the engine's statements.
 pub(crate) trait SqlConn: Send {
     /// Every row the statement returns.
     fn fetch_all<'a, O: Row>(
         &'a mut self,
-        sql: &'static str,
+        sql: impl Into<Text>,
         args: Vec<Arg>,
     ) -> BoxFuture<'a, sqlx::Result<Vec<O>>>;
 
     /// The statement's first row, if any.
     fn fetch_optional<'a, O: Row>(
         &'a mut self,
-        sql: &'static str,
+        sql: impl Into<Text>,
         args: Vec<Arg>,
     ) -> BoxFuture<'a, sqlx::Result<Option<O>>>;
 
     /// Runs the statement; the number of rows it affected.
     fn execute<'a>(
         &'a mut self,
-        sql: &'static str,
+        sql: impl Into<Text>,
         args: Vec<Arg>,
     ) -> BoxFuture<'a, sqlx::Result<u64>>;
+}
+
+/// A connection whose transaction is opened by the first statement sent through it: the
+/// opening statements are put in front of that statement's text, so they cost no call of
+/// their own. For SQLite only, where one call to the connection's worker thread runs a
+/// list of statements (Postgres' extended protocol takes one statement per message).
+///
+/// sqlx does not know about a transaction opened this way: whoever uses this wrapper
+/// commits in a statement of its own, and closes the connection after any error (SQLite
+/// rolls back what a closed connection left open).
+pub(crate) struct Opening<'c, C> {
+    conn: &'c mut C,
+    opening: Option<String>,
+}
+
+impl<'c, C: SqlConn> Opening<'c, C> {
+    /// `opening` (such as `BEGIN`) goes in front of the first statement.
+    pub(crate) fn new(conn: &'c mut C, opening: String) -> Self {
+        Self {
+            conn,
+            opening: Some(opening),
+        }
+    }
+
+    fn text(&mut self, sql: impl Into<Text>) -> Text {
+        let sql = sql.into();
+        match self.opening.take() {
+            Some(opening) => Cow::Owned(format!("{opening}; {sql}")),
+            None => sql,
+        }
+    }
+}
+
+impl<C: SqlConn> SqlConn for Opening<'_, C> {
+    fn fetch_all<'a, O: Row>(
+        &'a mut self,
+        sql: impl Into<Text>,
+        args: Vec<Arg>,
+    ) -> BoxFuture<'a, sqlx::Result<Vec<O>>> {
+        let sql = self.text(sql);
+        self.conn.fetch_all(sql, args)
+    }
+
+    fn fetch_optional<'a, O: Row>(
+        &'a mut self,
+        sql: impl Into<Text>,
+        args: Vec<Arg>,
+    ) -> BoxFuture<'a, sqlx::Result<Option<O>>> {
+        let sql = self.text(sql);
+        self.conn.fetch_optional(sql, args)
+    }
+
+    fn execute<'a>(
+        &'a mut self,
+        sql: impl Into<Text>,
+        args: Vec<Arg>,
+    ) -> BoxFuture<'a, sqlx::Result<u64>> {
+        let sql = self.text(sql);
+        self.conn.execute(sql, args)
+    }
 }
 
 macro_rules! sql_conn {
@@ -121,9 +186,10 @@ macro_rules! sql_conn {
         impl SqlConn for $conn {
             fn fetch_all<'a, O: Row>(
                 &'a mut self,
-                sql: &'static str,
+                sql: impl Into<Text>,
                 args: Vec<Arg>,
             ) -> BoxFuture<'a, sqlx::Result<Vec<O>>> {
+                let sql = sqlx::AssertSqlSafe(sql.into());
                 Box::pin(async move {
                     let mut q = sqlx::query_as::<$db, O>(sql);
                     for arg in args {
@@ -135,9 +201,10 @@ macro_rules! sql_conn {
 
             fn fetch_optional<'a, O: Row>(
                 &'a mut self,
-                sql: &'static str,
+                sql: impl Into<Text>,
                 args: Vec<Arg>,
             ) -> BoxFuture<'a, sqlx::Result<Option<O>>> {
+                let sql = sqlx::AssertSqlSafe(sql.into());
                 Box::pin(async move {
                     let mut q = sqlx::query_as::<$db, O>(sql);
                     for arg in args {
@@ -149,9 +216,10 @@ macro_rules! sql_conn {
 
             fn execute<'a>(
                 &'a mut self,
-                sql: &'static str,
+                sql: impl Into<Text>,
                 args: Vec<Arg>,
             ) -> BoxFuture<'a, sqlx::Result<u64>> {
+                let sql = sqlx::AssertSqlSafe(sql.into());
                 Box::pin(async move {
                     let mut q = sqlx::query::<$db>(sql);
                     for arg in args {
@@ -207,6 +275,12 @@ pub(crate) struct Sql {
     /// session settings for it); the store appends the insert of the batch's commit
     /// marker, so both go in one round trip.
     pub(crate) begin_batch: &'static str,
+    /// `(event rows json, batch_id, now)`: where one call runs a list of statements, the
+    /// end of a batch in one: its events, its commit marker and `COMMIT`; the batch's
+    /// `BEGIN` then goes in front of its first statement (see [`Opening`]). `None`: the
+    /// marker goes with `BEGIN`, the events in a statement of their own, and the store
+    /// commits.
+    pub(crate) close_batch: Option<&'static str>,
     /// `(batch_id)` → `n` (0 or 1).
     pub(crate) batch_committed: &'static str,
 

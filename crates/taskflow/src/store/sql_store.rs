@@ -6,6 +6,7 @@
 //! absent means nothing of the batch was applied, so it is safe to try its ops again.
 //! A batch is never re-applied on a guess.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -19,7 +20,7 @@ use super::batch::{Batch, ClaimCursor};
 use super::driver::Driver;
 use super::ops::{OpOutcome, WriteOp};
 use super::rows::{CountRow, EventRow, IdRow, StepRow, TaskRow};
-use super::sql::{SqlConn, args};
+use super::sql::{Opening, SqlConn, args};
 use super::{Backend, Faults, Notice, Storage};
 use crate::error::{Error, Result};
 use crate::event::TaskEvent;
@@ -114,24 +115,51 @@ impl<D: Driver> Storage for SqlStore<D> {
 
     async fn write_batch(&self, ops: &[WriteOp]) -> Result<Vec<OpOutcome>> {
         let batch_id = uuid::Uuid::now_v7().simple().to_string();
-        let mut conn = self.driver.writer().acquire().await?;
+        let now = super::now_ms();
+        let folded = D::SQL.close_batch.is_some();
+        let mut conn = self.driver.write_conn().await?;
         let committing = AtomicBool::new(false);
-        let begun = AtomicBool::new(false);
+        // Whether sqlx holds the transaction, and so rolls it back after an error.
+        let held = AtomicBool::new(false);
         // A database that accepts but stops answering (a network partition, a paused
         // host) would hold this batch, and every write queued behind it, for as long as
         // the socket lives: bound it.
         let attempt = tokio::time::timeout(BATCH_STALL_TIMEOUT, async {
-            // The transaction and its commit marker in one round trip (on SQLite, one call
-            // to its worker thread instead of two). The id is 32 hex digits and the time
-            // an integer: nothing to escape.
+            // The id is 32 hex digits and the time an integer: nothing to escape.
             let mark = format!("INSERT INTO task_batches (id, created_at) VALUES ('{batch_id}', ");
-            let mut begin = format!("{}; {mark}{})", D::SQL.begin_batch, super::now_ms());
+            let mut opening = D::SQL.begin_batch.to_owned();
+            if !folded {
+                // The transaction and its commit marker in one round trip.
+                opening.push_str(&format!("; {mark}{now})"));
+            }
             if Faults::take(&self.faults.fail_after_begin) {
-                begin.push_str(&format!("; {mark}0)"));
+                opening.push_str(&format!("; {mark}0); {mark}0)"));
+            }
+            if folded {
+                // BEGIN goes in front of the batch's first statement, and its events, its
+                // commit marker and COMMIT in one last statement: a batch of one op is two
+                // calls to SQLite's worker thread instead of four.
+                let mut conn = Opening::new(&mut *conn, opening);
+                let mut batch = Batch::new(&mut conn, D::SQL, &self.cursor, &batch_id);
+                let out = batch.apply(self.driver.instance(), ops).await?;
+                let (close, args) = batch
+                    .close(now)?
+                    .ok_or_else(|| Error::internal("a folded batch without its closing"))?;
+                if Faults::take(&self.faults.fail_before_commit) {
+                    return Err(Error::injected("rolled back"));
+                }
+                let close = if Faults::take(&self.faults.fail_before_commit_statement) {
+                    Cow::Owned(close.replacen("; COMMIT", &format!("; {mark}0); COMMIT"), 1))
+                } else {
+                    Cow::Borrowed(close)
+                };
+                committing.store(true, Ordering::SeqCst);
+                let committed = conn.execute(close, args).await.map(drop);
+                return Ok((out, committed));
             }
             let mut tx =
-                sqlx::Connection::begin_with(&mut *conn, sqlx::AssertSqlSafe(begin)).await?;
-            begun.store(true, Ordering::SeqCst);
+                sqlx::Connection::begin_with(&mut *conn, sqlx::AssertSqlSafe(opening)).await?;
+            held.store(true, Ordering::SeqCst);
             let out = Batch::new(&mut *tx, D::SQL, &self.cursor, &batch_id)
                 .apply(self.driver.instance(), ops)
                 .await?;
@@ -139,24 +167,30 @@ impl<D: Driver> Storage for SqlStore<D> {
                 tx.rollback().await?;
                 return Err(Error::injected("rolled back"));
             }
+            if Faults::take(&self.faults.fail_before_commit_statement) {
+                (*tx).execute(format!("{mark}0)"), args![]).await?;
+            }
             committing.store(true, Ordering::SeqCst);
             let committed = tx.commit().await;
             Ok((out, committed))
         })
         .await;
         let (out, committed) = match attempt {
-            Ok(Err(e)) if !begun.load(Ordering::SeqCst) => {
-                // A multi-statement BEGIN that failed part-way leaves the database inside a
-                // transaction that sqlx does not count (so no rollback would be sent, and
-                // the next BEGIN would fail): the connection is closed, not pooled.
-                drop(sqlx::pool::PoolConnection::detach(conn));
+            Ok(Err(e)) => {
+                if !held.load(Ordering::SeqCst) {
+                    // A transaction sqlx does not count (opened by the batch's first
+                    // statement, or by a multi-statement BEGIN that failed part-way) may
+                    // still be open, and no rollback would be sent for it: the connection
+                    // is closed, which rolls it back, instead of pooled.
+                    D::discard(conn);
+                }
                 return Err(e);
             }
-            Ok(result) => result?,
+            Ok(Ok(result)) => result,
             Err(_elapsed) => {
                 // Close the socket, so the server rolls back whatever it got; a connection
                 // with a statement in flight must not go back to the pool.
-                drop(sqlx::pool::PoolConnection::detach(conn));
+                D::discard(conn);
                 let stalled = Error::stalled(BATCH_STALL_TIMEOUT);
                 if !committing.load(Ordering::SeqCst) {
                     // COMMIT was never sent: nothing of the batch can have committed.
@@ -172,6 +206,11 @@ impl<D: Driver> Storage for SqlStore<D> {
                     });
             }
         };
+        if committed.is_err() && !held.load(Ordering::SeqCst) {
+            // The closing statement failed before or at its COMMIT: whatever is still open
+            // is rolled back with the connection; the marker tells what committed.
+            D::discard(conn);
+        }
         let ambiguous = Faults::take(&self.faults.commit_then_fail);
         match committed {
             Ok(()) if !ambiguous => Ok(out),

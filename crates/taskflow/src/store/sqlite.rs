@@ -3,6 +3,8 @@
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -82,7 +84,7 @@ impl SqliteStore {
 #[derive(Debug)]
 pub(crate) struct SqliteDriver {
     path: PathBuf,
-    writer: SqlitePool,
+    writer: Arc<SoleWriter>,
     reader: SqlitePool,
     lock: std::sync::Mutex<Option<File>>,
     background: TaskTracker,
@@ -121,22 +123,15 @@ impl SqliteDriver {
             // Checkpoints run on their own connection (below), never inside the writer's
             // commit, where their fsync would stall every caller of that batch.
             .pragma("wal_autocheckpoint", "0");
+        let mut conn = SqliteConnection::connect_with(&opts).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&mut conn).await?;
+        let writer = Arc::new(SoleWriter {
+            slot: tokio::sync::Mutex::new(Some(conn)),
+            opts: opts.clone(),
+            closed: AtomicBool::new(false),
+        });
         // The connections are local and kept open, so no ping before each use (it would
-        // cost a round trip to SQLite's worker thread per batch).
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .test_before_acquire(false)
-            // A COMMIT or ROLLBACK that failed (SQLITE_FULL, IOERR: SQLite may already have
-            // rolled back on its own) leaves sqlx counting a transaction that is still open
-            // on its side: the next batches would nest savepoints in it, the writer would
-            // see them and no reader ever would. A connection released inside a transaction
-            // is closed instead (a fresh one is opened), which also drops any rollback
-            // still queued after a failed batch.
-            .after_release(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
-            .connect_with(opts.clone())
-            .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        // cost a round trip to SQLite's worker thread per read).
         let checkpointer = SqliteConnection::connect_with(&opts).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
@@ -146,7 +141,11 @@ impl SqliteDriver {
             .await?;
         let background = TaskTracker::new();
         let stop = CancellationToken::new();
-        background.spawn(checkpoint_loop(checkpointer, writer.clone(), stop.clone()));
+        background.spawn(checkpoint_loop(
+            checkpointer,
+            Arc::clone(&writer),
+            stop.clone(),
+        ));
         Ok(Self {
             path,
             writer,
@@ -161,7 +160,11 @@ impl SqliteDriver {
 /// Copies committed WAL frames into the database file without blocking the writer
 /// (`PASSIVE`), until stopped; a last checkpoint at close. When the WAL has grown past
 /// [`WAL_RESTART_FRAMES`], restarts it (see [`restart_wal`]).
-async fn checkpoint_loop(mut conn: SqliteConnection, writer: SqlitePool, stop: CancellationToken) {
+async fn checkpoint_loop(
+    mut conn: SqliteConnection,
+    writer: Arc<SoleWriter>,
+    stop: CancellationToken,
+) {
     loop {
         let stopped = tokio::select! {
             () = stop.cancelled() => true,
@@ -187,10 +190,10 @@ async fn checkpoint_loop(mut conn: SqliteConnection, writer: SqlitePool, stop: C
 
 /// Copies the frames the last `PASSIVE` pass left (those committed while it ran) and
 /// rewinds the WAL, on the writer's own connection: holding it keeps the next batch
-/// waiting on the pool (for that copy and its fsync) instead of sleeping in SQLite's busy
+/// waiting for it (for that copy and its fsync) instead of sleeping in SQLite's busy
 /// handler.
-async fn restart_wal(writer: &SqlitePool) {
-    let Ok(mut conn) = writer.acquire().await else {
+async fn restart_wal(writer: &SoleWriter) {
+    let Ok(mut conn) = writer.lock().await else {
         return;
     };
     if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
@@ -198,6 +201,67 @@ async fn restart_wal(writer: &SqlitePool) {
         .await
     {
         tracing::debug!(error = %e, "wal restart failed; retrying later");
+    }
+}
+
+/// The one connection batches are written through, kept out of a pool: a pool pings a
+/// connection each time it comes back (a call to SQLite's worker thread per batch) and
+/// takes it back on a spawned task, which the next batch would wait for.
+#[derive(Debug)]
+struct SoleWriter {
+    /// The connection; `None` after [`discard`](Driver::discard) until the next batch
+    /// opens a fresh one.
+    slot: tokio::sync::Mutex<Option<SqliteConnection>>,
+    opts: SqliteConnectOptions,
+    closed: AtomicBool,
+}
+
+impl SoleWriter {
+    /// Waits for the connection (a batch or a WAL restart may hold it), opening a fresh
+    /// one if the last was discarded.
+    async fn lock(&self) -> Result<WriterGuard<'_>> {
+        let mut slot = self.slot.lock().await;
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::ShuttingDown);
+        }
+        if slot.is_none() {
+            *slot = Some(SqliteConnection::connect_with(&self.opts).await?);
+        }
+        Ok(WriterGuard { slot })
+    }
+
+    /// Waits for the batch in flight, then closes the connection for good.
+    async fn close(&self) {
+        let mut slot = self.slot.lock().await;
+        self.closed.store(true, Ordering::SeqCst);
+        if let Some(conn) = slot.take() {
+            let _ = conn.close().await;
+        }
+    }
+}
+
+/// The writer connection, held by one batch (or WAL restart) at a time.
+#[derive(Debug)]
+pub(crate) struct WriterGuard<'a> {
+    /// Always `Some` while the guard lives, but for [`Driver::discard`], which consumes it.
+    slot: tokio::sync::MutexGuard<'a, Option<SqliteConnection>>,
+}
+
+impl std::ops::Deref for WriterGuard<'_> {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        self.slot
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("a writer guard holds its connection"))
+    }
+}
+
+impl std::ops::DerefMut for WriterGuard<'_> {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        self.slot
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("a writer guard holds its connection"))
     }
 }
 
@@ -225,8 +289,16 @@ impl Driver for SqliteDriver {
     const SQL: &'static Sql = &SQL;
     const EXCLUSIVE: bool = true;
 
-    fn writer(&self) -> &SqlitePool {
-        &self.writer
+    type WriteConn<'a> = WriterGuard<'a>;
+
+    async fn write_conn(&self) -> Result<WriterGuard<'_>> {
+        self.writer.lock().await
+    }
+
+    fn discard(mut conn: WriterGuard<'_>) {
+        // Dropping the connection closes it on its worker thread; SQLite rolls back the
+        // transaction it left open.
+        drop(conn.slot.take());
     }
 
     fn reader(&self) -> &SqlitePool {
@@ -257,6 +329,15 @@ macro_rules! purgeable {
     };
 }
 
+/// `(rows json)`: a batch's events.
+macro_rules! insert_events {
+    () => {
+        "INSERT INTO task_events (task_id, seq, kind, name, payload, created_at) \
+         SELECT value ->> 'task_id', value ->> 'seq', value ->> 'kind', value ->> 'name', \
+         value -> 'payload', value ->> 'created_at' FROM jsonb_each(?1)"
+    };
+}
+
 static SQL: Sql = Sql {
     task_by_key: concat!(
         "SELECT ",
@@ -278,6 +359,10 @@ static SQL: Sql = Sql {
          AND status = 'pending'",
     health: "SELECT 1",
     begin_batch: "BEGIN",
+    close_batch: Some(concat!(
+        insert_events!(),
+        "; INSERT INTO task_batches (id, created_at) VALUES (?2, ?3); COMMIT"
+    )),
     batch_committed: "SELECT count(*) AS n FROM task_batches WHERE id = ?1",
     find_by_key: concat!(
         "SELECT ",
@@ -361,8 +446,6 @@ static SQL: Sql = Sql {
     purge_steps: "DELETE FROM task_steps WHERE task_id IN (SELECT value FROM jsonb_each(?1))",
     purge_tasks: "DELETE FROM tasks WHERE id IN (SELECT value FROM jsonb_each(?1))",
     purge_batches: "DELETE FROM task_batches WHERE created_at < ?1 AND id <> ?2",
-    insert_events: "INSERT INTO task_events (task_id, seq, kind, name, payload, created_at) \
-         SELECT value ->> 'task_id', value ->> 'seq', value ->> 'kind', value ->> 'name', \
-         value -> 'payload', value ->> 'created_at' FROM jsonb_each(?1)",
+    insert_events: insert_events!(),
     notify: None,
 };

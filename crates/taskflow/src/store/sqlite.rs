@@ -91,8 +91,14 @@ pub(crate) struct SqliteDriver {
     stop: CancellationToken,
 }
 
-/// How often the WAL is checkpointed into the database file.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+/// How long the checkpointer lets commits gather after the first one it sees before it
+/// copies them into the database file (it sleeps while nothing is written).
+///
+/// Small and often: a checkpoint reads and writes every page changed since the last one
+/// and syncs two files, a burst of CPU and I/O that slows the batches and reads running
+/// beside it on a small machine. Checkpoints 250 ms apart took ~12 ms each at 1,000 tasks/s
+/// and put that load's p99 at 2.5–2.8 ms; 25 ms apart, 1.7 ms, for the same throughput.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(25);
 
 /// WAL frames (pages) past which the checkpointer restarts the log from its beginning.
 ///
@@ -129,6 +135,7 @@ impl SqliteDriver {
             slot: tokio::sync::Mutex::new(Some(conn)),
             opts: opts.clone(),
             closed: AtomicBool::new(false),
+            written: tokio::sync::Notify::new(),
         });
         // The connections are local and kept open, so no ping before each use (it would
         // cost a round trip to SQLite's worker thread per read).
@@ -158,18 +165,25 @@ impl SqliteDriver {
 }
 
 /// Copies committed WAL frames into the database file without blocking the writer
-/// (`PASSIVE`), until stopped; a last checkpoint at close. When the WAL has grown past
-/// [`WAL_RESTART_FRAMES`], restarts it (see [`restart_wal`]).
+/// (`PASSIVE`), [`CHECKPOINT_INTERVAL`] after a commit, until stopped; a last checkpoint
+/// at close. When the WAL has grown past [`WAL_RESTART_FRAMES`], restarts it (see
+/// [`restart_wal`]).
 async fn checkpoint_loop(
     mut conn: SqliteConnection,
     writer: Arc<SoleWriter>,
     stop: CancellationToken,
 ) {
     loop {
-        let stopped = tokio::select! {
+        let mut stopped = tokio::select! {
             () = stop.cancelled() => true,
-            () = tokio::time::sleep(CHECKPOINT_INTERVAL) => false,
+            () = writer.written.notified() => false,
         };
+        if !stopped {
+            stopped = tokio::select! {
+                () = stop.cancelled() => true,
+                () = tokio::time::sleep(CHECKPOINT_INTERVAL) => false,
+            };
+        }
         // (busy, frames in the WAL, frames copied)
         match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
             .fetch_one(&mut conn)
@@ -214,6 +228,9 @@ struct SoleWriter {
     slot: tokio::sync::Mutex<Option<SqliteConnection>>,
     opts: SqliteConnectOptions,
     closed: AtomicBool,
+    /// Signalled as each holder lets the connection go: something may have been written
+    /// for the checkpointer to copy.
+    written: tokio::sync::Notify,
 }
 
 impl SoleWriter {
@@ -227,7 +244,10 @@ impl SoleWriter {
         if slot.is_none() {
             *slot = Some(SqliteConnection::connect_with(&self.opts).await?);
         }
-        Ok(WriterGuard { slot })
+        Ok(WriterGuard {
+            slot,
+            written: &self.written,
+        })
     }
 
     /// Waits for the batch in flight, then closes the connection for good.
@@ -245,6 +265,13 @@ impl SoleWriter {
 pub(crate) struct WriterGuard<'a> {
     /// Always `Some` while the guard lives, but for [`Driver::discard`], which consumes it.
     slot: tokio::sync::MutexGuard<'a, Option<SqliteConnection>>,
+    written: &'a tokio::sync::Notify,
+}
+
+impl Drop for WriterGuard<'_> {
+    fn drop(&mut self) {
+        self.written.notify_one();
+    }
 }
 
 impl std::ops::Deref for WriterGuard<'_> {

@@ -80,3 +80,60 @@ async fn a_corrupt_row_is_reported_as_corrupt_not_as_an_outage() {
     assert!(err.to_string().contains("exploded"), "{err}");
     store.close().await;
 }
+
+/// The store's own checkpointer copies what batches commit into the database file, soon
+/// after they commit: read with `immutable=1` (the main file alone, the WAL ignored), the
+/// file holds every committed task within the deadline.
+#[tokio::test]
+async fn committed_batches_reach_the_database_file() {
+    use std::time::{Duration, Instant};
+    use taskflow::testing::{SubmitParams, WriteOp};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tasks.db");
+    let store = storage(SqliteStore::open(&path).await.unwrap());
+    let submit = |i: usize| SubmitParams {
+        id: format!("t{i}"),
+        name: "job".into(),
+        key: format!("k{i}"),
+        user_id: None,
+        input: serde_json::json!(i),
+        max_attempts: 3,
+        max_recoveries: 20,
+        auto_recover: true,
+        mode: taskflow::IdempotencyMode::AtLeastOnce,
+        now: 1_000,
+        claim: None,
+    };
+    for chunk in (0..60).collect::<Vec<_>>().chunks(20) {
+        let ops: Vec<WriteOp> = chunk.iter().map(|&i| WriteOp::Submit(submit(i))).collect();
+        store.write_batch(&ops).await.unwrap();
+    }
+    let file_only = SqliteConnectOptions::new()
+        .filename(&path)
+        .read_only(true)
+        .immutable(true);
+    let in_file = async || -> Option<i64> {
+        let mut conn = SqliteConnection::connect_with(&file_only).await.ok()?;
+        let n = sqlx::query_scalar("SELECT count(*) FROM tasks")
+            .fetch_one(&mut conn)
+            .await
+            .ok();
+        let _ = conn.close().await;
+        n
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = None;
+    while Instant::now() < deadline {
+        seen = in_file().await;
+        if seen == Some(60) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        seen,
+        Some(60),
+        "the checkpointer copied every committed task"
+    );
+    store.close().await;
+}

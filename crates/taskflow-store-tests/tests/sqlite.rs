@@ -10,6 +10,23 @@ use taskflow::testing::storage;
 
 taskflow_store_tests::conformance_tests!(taskflow_store_tests::fresh_sqlite);
 
+/// A pending `job` task `t{i}` with key `k{i}`.
+fn job(i: usize, input: serde_json::Value) -> taskflow::testing::SubmitParams {
+    taskflow::testing::SubmitParams {
+        id: format!("t{i}"),
+        name: "job".into(),
+        key: format!("k{i}"),
+        user_id: None,
+        input,
+        max_attempts: 3,
+        max_recoveries: 20,
+        auto_recover: true,
+        mode: taskflow::IdempotencyMode::AtLeastOnce,
+        now: 1_000,
+        claim: None,
+    }
+}
+
 #[tokio::test]
 async fn second_process_is_locked_out_until_the_first_closes() {
     let dir = tempfile::tempdir().unwrap();
@@ -49,24 +66,14 @@ async fn purge_deletes_commit_markers_before_the_cutoff() {
 #[tokio::test]
 async fn a_corrupt_row_is_reported_as_corrupt_not_as_an_outage() {
     use serde_json::json;
-    use taskflow::testing::{SubmitParams, WriteOp};
+    use taskflow::testing::WriteOp;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tasks.db");
     let store = storage(SqliteStore::open(&path).await.unwrap());
-    let submit = SubmitParams {
-        id: "t1".into(),
-        name: "job".into(),
-        key: "k1".into(),
-        user_id: None,
-        input: json!(1),
-        max_attempts: 3,
-        max_recoveries: 20,
-        auto_recover: true,
-        mode: taskflow::IdempotencyMode::AtLeastOnce,
-        now: 1_000,
-        claim: None,
-    };
-    store.write_batch(&[WriteOp::Submit(submit)]).await.unwrap();
+    store
+        .write_batch(&[WriteOp::Submit(job(1, json!(1)))])
+        .await
+        .unwrap();
     let opts = SqliteConnectOptions::new().filename(&path);
     let mut conn = SqliteConnection::connect_with(&opts).await.unwrap();
     sqlx::query("UPDATE tasks SET status = 'exploded' WHERE id = 't1'")
@@ -87,25 +94,15 @@ async fn a_corrupt_row_is_reported_as_corrupt_not_as_an_outage() {
 #[tokio::test]
 async fn committed_batches_reach_the_database_file() {
     use std::time::{Duration, Instant};
-    use taskflow::testing::{SubmitParams, WriteOp};
+    use taskflow::testing::WriteOp;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tasks.db");
     let store = storage(SqliteStore::open(&path).await.unwrap());
-    let submit = |i: usize| SubmitParams {
-        id: format!("t{i}"),
-        name: "job".into(),
-        key: format!("k{i}"),
-        user_id: None,
-        input: serde_json::json!(i),
-        max_attempts: 3,
-        max_recoveries: 20,
-        auto_recover: true,
-        mode: taskflow::IdempotencyMode::AtLeastOnce,
-        now: 1_000,
-        claim: None,
-    };
     for chunk in (0..60).collect::<Vec<_>>().chunks(20) {
-        let ops: Vec<WriteOp> = chunk.iter().map(|&i| WriteOp::Submit(submit(i))).collect();
+        let ops: Vec<WriteOp> = chunk
+            .iter()
+            .map(|&i| WriteOp::Submit(job(i, serde_json::json!(i))))
+            .collect();
         store.write_batch(&ops).await.unwrap();
     }
     let file_only = SqliteConnectOptions::new()

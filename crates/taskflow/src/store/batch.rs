@@ -122,8 +122,8 @@ impl<'c, C: SqlConn> Batch<'c, C> {
     }
 
     /// Applies `ops` inside the transaction the caller opened. Where the dialect ends a
-    /// batch in one statement ([`Sql::close_batch`]) the events wait for
-    /// [`close`](Self::close); otherwise they are written (and other processes notified)
+    /// batch in one statement ([`Sql::close_batch`]) the events wait for it
+    /// ([`close_args`](Self::close_args)); otherwise they are written (and other processes notified)
     /// here, and the caller commits.
     pub(crate) async fn apply(
         &mut self,
@@ -154,15 +154,11 @@ impl<'c, C: SqlConn> Batch<'c, C> {
         Ok(out)
     }
 
-    /// The statement that ends the batch, with its arguments, where the dialect has one
-    /// ([`Sql::close_batch`]: the events, the commit marker, `COMMIT`); the caller sends it
-    /// and settles an error of it by the marker.
-    pub(crate) fn close(self, now: i64) -> Result<Option<(&'static str, Vec<Arg>)>> {
-        let Some(sql) = self.sql.close_batch else {
-            return Ok(None);
-        };
+    /// The arguments of [`Sql::close_batch`] for this batch (its events, its commit
+    /// marker); the caller sends that statement and settles an error of it by the marker.
+    pub(crate) fn close_args(self, now: i64) -> Result<Vec<Arg>> {
         let rows: Vec<EventDoc<'_>> = self.events.iter().map(EventDoc::from).collect();
-        Ok(Some((sql, args![json_text(&rows)?, self.batch_id, now])))
+        Ok(args![json_text(&rows)?, self.batch_id, now])
     }
 
     /// Lowers the claim cursor to the clock of an op that left claimable work behind

@@ -116,7 +116,7 @@ impl<D: Driver> Storage for SqlStore<D> {
     async fn write_batch(&self, ops: &[WriteOp]) -> Result<Vec<OpOutcome>> {
         let batch_id = uuid::Uuid::now_v7().simple().to_string();
         let now = super::now_ms();
-        let folded = D::SQL.close_batch.is_some();
+        let closing = D::SQL.close_batch;
         let mut conn = self.driver.write_conn().await?;
         let committing = AtomicBool::new(false);
         // Whether sqlx holds the transaction, and so rolls it back after an error.
@@ -128,23 +128,21 @@ impl<D: Driver> Storage for SqlStore<D> {
             // The id is 32 hex digits and the time an integer: nothing to escape.
             let mark = format!("INSERT INTO task_batches (id, created_at) VALUES ('{batch_id}', ");
             let mut opening = D::SQL.begin_batch.to_owned();
-            if !folded {
+            if closing.is_none() {
                 // The transaction and its commit marker in one round trip.
                 opening.push_str(&format!("; {mark}{now})"));
             }
             if Faults::take(&self.faults.fail_after_begin) {
                 opening.push_str(&format!("; {mark}0); {mark}0)"));
             }
-            if folded {
+            if let Some(close) = closing {
                 // BEGIN goes in front of the batch's first statement, and its events, its
                 // commit marker and COMMIT in one last statement: a batch of one op is two
                 // calls to SQLite's worker thread instead of four.
                 let mut conn = Opening::new(&mut *conn, opening);
                 let mut batch = Batch::new(&mut conn, D::SQL, &self.cursor, &batch_id);
                 let out = batch.apply(self.driver.instance(), ops).await?;
-                let (close, args) = batch
-                    .close(now)?
-                    .ok_or_else(|| Error::internal("a folded batch without its closing"))?;
+                let args = batch.close_args(now)?;
                 if Faults::take(&self.faults.fail_before_commit) {
                     return Err(Error::injected("rolled back"));
                 }

@@ -134,3 +134,63 @@ async fn committed_batches_reach_the_database_file() {
     );
     store.close().await;
 }
+
+/// Tasks written before the key-hash index existed (their `key_hash` is `NULL`, and there
+/// is no index) get it when the store opens, so lookups by key and the live-key check of a
+/// submit find them.
+#[tokio::test]
+async fn tasks_without_a_key_hash_get_one_at_open() {
+    use taskflow::testing::{OpResult, WriteOp};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tasks.db");
+    let store = storage(SqliteStore::open(&path).await.unwrap());
+    // More than one backfill chunk (1,000), and an owned task.
+    let mut params: Vec<_> = (0..2_100).map(|i| job(i, serde_json::json!(i))).collect();
+    params[7].user_id = Some("alice".into());
+    for chunk in params.chunks(300) {
+        let ops: Vec<WriteOp> = chunk.iter().cloned().map(WriteOp::Submit).collect();
+        store.write_batch(&ops).await.unwrap();
+    }
+    store.close().await;
+
+    let opts = SqliteConnectOptions::new().filename(&path);
+    let nulls = async || -> i64 {
+        let mut conn = SqliteConnection::connect_with(&opts).await.unwrap();
+        let n = sqlx::query_scalar("SELECT count(*) FROM tasks WHERE key_hash IS NULL")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        n
+    };
+    {
+        let mut conn = SqliteConnection::connect_with(&opts).await.unwrap();
+        // The state migration 0006 leaves behind: no index, no hashes.
+        sqlx::query("DROP INDEX tasks_key_hash; UPDATE tasks SET key_hash = NULL")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    }
+    assert_eq!(nulls().await, 2_100);
+
+    let store = storage(SqliteStore::open(&path).await.unwrap());
+    let found = store.task_by_key("k7", Some("alice")).await.unwrap();
+    assert_eq!(found.map(|t| t.id).as_deref(), Some("t7"));
+    let found = store.task_by_key("k2099", None).await.unwrap();
+    assert_eq!(found.map(|t| t.id).as_deref(), Some("t2099"));
+    assert!(store.task_by_key("k7", None).await.unwrap().is_none());
+    // A submit of a live task's key attaches to it instead of making a second one.
+    let mut again = job(5, serde_json::json!("again"));
+    again.id = "t5-again".into();
+    let out = store.write_batch(&[WriteOp::Submit(again)]).await.unwrap();
+    match &out[0].result {
+        OpResult::Submitted { task, created, .. } => {
+            assert!(!created);
+            assert_eq!(task.id, "t5");
+        }
+        other => panic!("{other:?}"),
+    }
+    store.close().await;
+    assert_eq!(nulls().await, 0);
+}

@@ -43,6 +43,25 @@ pub fn idempotency_key(name: &str, input: &Value, user: Option<&str>) -> String 
     hex
 }
 
+/// Where the SQLite store files a task by its key: the first 8 bytes of SHA-256 over
+/// `key`, a NUL byte and `user` (`""` for no owner), as a big-endian `i64`.
+///
+/// Keys are random (derived keys are digests) or arbitrary strings, so an index on them
+/// puts every new task on a random leaf page. On this 8-byte value the index is a fifth
+/// of the size of one on the key and its owner, and stays in the page cache far longer as
+/// the store grows. Lookups compare the key and owner as well, so a collision costs a
+/// row read, never a wrong answer. The value is stored: it must not change.
+pub(crate) fn key_hash(key: &str, user: &str) -> i64 {
+    let mut hasher = Sha256::new();
+    hasher.update(key.as_bytes());
+    hasher.update([0]);
+    hasher.update(user.as_bytes());
+    let digest = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
+}
+
 /// Writes `value` in RFC 8785 canonical form.
 pub(crate) fn write_canonical(out: &mut String, value: &Value) {
     match value {
@@ -151,6 +170,20 @@ mod tests {
             a.chars()
                 .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
         );
+    }
+
+    #[test]
+    fn key_hash_is_the_first_8_bytes_of_sha256_of_key_nul_user() {
+        // Pinned: the value is stored, so it must never change. sha256("k\0u") begins
+        // 67ab7dceaf29a3f7, sha256("abc\0") dc1114cd074914bd (a negative i64).
+        assert_eq!(key_hash("k", "u"), 0x67ab_7dce_af29_a3f7);
+        assert_eq!(key_hash("abc", ""), -2_589_265_439_938_243_395);
+        let d = Sha256::digest(b"k\0u");
+        assert_eq!(
+            key_hash("k", "u"),
+            i64::from_be_bytes(d[..8].try_into().unwrap())
+        );
+        assert_ne!(key_hash("ku", ""), key_hash("k", "u"));
     }
 
     #[test]

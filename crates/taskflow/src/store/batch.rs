@@ -27,6 +27,7 @@ use super::rows::{
 use super::sql::{Arg, Sql, SqlConn, args};
 use crate::error::{Error, Result};
 use crate::event::{NewEvent, TaskEvent};
+use crate::key::key_hash;
 use crate::task::{IdempotencyMode, TaskInfo, TaskStatus};
 
 /// Rows one purge deletes at most; the cleaner comes back for the rest.
@@ -235,7 +236,7 @@ impl<'c, C: SqlConn> Batch<'c, C> {
     async fn find_by_key(&mut self, key: &str, user: &str) -> Result<Option<TaskInfo>> {
         let row: Option<TaskRow> = self
             .conn
-            .fetch_optional(self.sql.find_by_key, args![key, user])
+            .fetch_optional(self.sql.find_by_key, args![key, user, key_hash(key, user)])
             .await?;
         row.map(TaskInfo::try_from).transpose()
     }
@@ -791,6 +792,7 @@ struct NewTaskDoc<'a> {
     id: &'a str,
     name: &'a str,
     key: &'a str,
+    kh: i64,
     usr: &'a str,
     input: &'a Value,
     status: &'static str,
@@ -810,11 +812,13 @@ struct NewTaskDoc<'a> {
 impl<'a> NewTaskDoc<'a> {
     fn new(p: &'a SubmitParams) -> Self {
         let (status, attempt, epoch, last_seq) = submit_shape(p);
+        let usr = p.user_id.as_deref().unwrap_or("");
         Self {
             id: &p.id,
             name: &p.name,
             key: &p.key,
-            usr: p.user_id.as_deref().unwrap_or(""),
+            kh: key_hash(&p.key, usr),
+            usr,
             input: &p.input,
             status: status.as_str(),
             attempt,

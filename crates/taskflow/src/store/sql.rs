@@ -253,7 +253,8 @@ sql_conn!(PgConnection, Postgres);
 #[derive(Debug)]
 pub(crate) struct Sql {
     // Reads.
-    /// `(key, user)` → task row.
+    /// `(key, user, key_hash)` → the newest task row of that key and owner (`key_hash`:
+    /// [`key_hash`](crate::key::key_hash) of both, for a dialect that indexes it).
     pub(crate) task_by_key: &'static str,
     /// `(id)` → task row.
     pub(crate) task_by_id: &'static str,
@@ -285,9 +286,10 @@ pub(crate) struct Sql {
     pub(crate) batch_committed: &'static str,
 
     // Writes, in a batch's transaction.
-    /// `(key, user)` → task row, locking it where the backend can.
+    /// `(key, user, key_hash)` → task row, locking it where the backend can.
     pub(crate) find_by_key: &'static str,
-    /// `(rows json)` → inserted ids; conflicting keys are skipped.
+    /// `(rows json)` → inserted ids; conflicting keys are skipped. Each row carries its
+    /// key's hash as `kh`.
     pub(crate) insert_tasks: &'static str,
     /// `(now, names json, limit, from)` → candidate rows due in `from..=now`, oldest first.
     pub(crate) claim_candidates: &'static str,

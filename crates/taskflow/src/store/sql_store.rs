@@ -24,6 +24,7 @@ use super::sql::{Opening, SqlConn, args};
 use super::{Backend, Faults, Notice, Storage};
 use crate::error::{Error, Result};
 use crate::event::TaskEvent;
+use crate::key::key_hash;
 use crate::task::TaskInfo;
 
 /// How long a batch whose COMMIT failed keeps asking the database whether it committed,
@@ -227,7 +228,10 @@ impl<D: Driver> Storage for SqlStore<D> {
     async fn task_by_key(&self, key: &str, user: Option<&str>) -> Result<Option<TaskInfo>> {
         let mut conn = self.driver.reader().acquire().await?;
         let row: Option<TaskRow> = conn
-            .fetch_optional(D::SQL.task_by_key, args![key, user.unwrap_or("")])
+            .fetch_optional(D::SQL.task_by_key, {
+                let user = user.unwrap_or("");
+                args![key, user, key_hash(key, user)]
+            })
             .await?;
         row.map(TaskInfo::try_from).transpose()
     }

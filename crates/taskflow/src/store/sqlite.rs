@@ -21,6 +21,7 @@ use super::driver::Driver;
 use super::rows::task_columns;
 use super::sql::Sql;
 use crate::error::{Error, Result};
+use crate::key::key_hash;
 
 /// How hard SQLite syncs on commit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -131,6 +132,7 @@ impl SqliteDriver {
             .pragma("wal_autocheckpoint", "0");
         let mut conn = SqliteConnection::connect_with(&opts).await?;
         sqlx::migrate!("./migrations/sqlite").run(&mut conn).await?;
+        backfill_key_hashes(&mut conn).await?;
         let writer = Arc::new(SoleWriter {
             slot: tokio::sync::Mutex::new(Some(conn)),
             opts: opts.clone(),
@@ -162,6 +164,61 @@ impl SqliteDriver {
             stop,
         })
     }
+}
+
+/// Gives the tasks written before the key-hash migration their [`key_hash`], which SQLite
+/// cannot compute, then creates the index on it (see `migrations/sqlite/0006_*.sql`). Runs
+/// at open, before any lookup, on the only writer. The index exists only once every row has
+/// its hash, so a store that has it is done; one interrupted part-way (a crash) starts over
+/// where it stopped.
+async fn backfill_key_hashes(conn: &mut SqliteConnection) -> Result<()> {
+    const CHUNK: i64 = 10_000;
+    let indexed: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM sqlite_schema WHERE type = 'index' AND name = 'tasks_key_hash'",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if indexed.is_some() {
+        return Ok(());
+    }
+    let (mut after, mut filled) = (0i64, 0usize);
+    loop {
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT rowid, idempotency_key, user_id FROM tasks \
+             WHERE rowid > ?1 AND key_hash IS NULL ORDER BY rowid LIMIT ?2",
+        )
+        .bind(after)
+        .bind(CHUNK)
+        .fetch_all(&mut *conn)
+        .await?;
+        let Some(&(last, _, _)) = rows.last() else {
+            break;
+        };
+        let hashes: Vec<(i64, i64)> = rows
+            .iter()
+            .map(|(rowid, key, user)| (*rowid, key_hash(key, user)))
+            .collect();
+        sqlx::query(
+            "UPDATE tasks SET key_hash = v.value ->> 1 FROM jsonb_each(?1) AS v \
+             WHERE tasks.rowid = v.value ->> 0",
+        )
+        .bind(serde_json::to_string(&hashes)?)
+        .execute(&mut *conn)
+        .await?;
+        // No checkpointer runs yet: keep the WAL from growing with the whole table.
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&mut *conn)
+            .await?;
+        after = last;
+        filled += rows.len();
+    }
+    sqlx::query("CREATE INDEX tasks_key_hash ON tasks (key_hash)")
+        .execute(&mut *conn)
+        .await?;
+    if filled > 0 {
+        tracing::info!(tasks = filled, "filled in the key hashes of existing tasks");
+    }
+    Ok(())
 }
 
 /// Copies committed WAL frames into the database file without blocking the writer
@@ -369,7 +426,7 @@ static SQL: Sql = Sql {
     task_by_key: concat!(
         "SELECT ",
         task_columns!(),
-        " FROM tasks WHERE idempotency_key = ?1 AND user_id = ?2 \
+        " FROM tasks WHERE key_hash = ?3 AND idempotency_key = ?1 AND user_id = ?2 \
          ORDER BY created_at DESC, id DESC LIMIT 1"
     ),
     task_by_id: concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = ?1"),
@@ -394,19 +451,21 @@ static SQL: Sql = Sql {
     find_by_key: concat!(
         "SELECT ",
         task_columns!(),
-        " FROM tasks WHERE idempotency_key = ?1 AND user_id = ?2 \
+        " FROM tasks WHERE key_hash = ?3 AND idempotency_key = ?1 AND user_id = ?2 \
          ORDER BY created_at DESC, id DESC LIMIT 1"
     ),
-    insert_tasks: "INSERT INTO tasks (id, name, idempotency_key, user_id, input, status, \
-         attempt, max_attempts, max_recoveries, auto_recover, owner_node, lease_expires_at, \
-         epoch, run_at, created_at, updated_at, last_seq) \
-         SELECT value ->> 'id', value ->> 'name', value ->> 'key', value ->> 'usr', \
+    insert_tasks: "INSERT INTO tasks (id, name, idempotency_key, key_hash, user_id, input, \
+         status, attempt, max_attempts, max_recoveries, auto_recover, owner_node, \
+         lease_expires_at, epoch, run_at, created_at, updated_at, last_seq) \
+         SELECT value ->> 'id', value ->> 'name', value ->> 'key', value ->> 'kh', \
+         value ->> 'usr', \
          value -> 'input', value ->> 'status', value ->> 'attempt', value ->> 'max_attempts', \
          value ->> 'max_recoveries', value ->> 'auto_recover', value ->> 'node', \
          value ->> 'lease', value ->> 'epoch', value ->> 'now', value ->> 'now', \
          value ->> 'now', value ->> 'last_seq' \
          FROM jsonb_each(?1) AS j WHERE NOT EXISTS (SELECT 1 FROM tasks AS t \
-         WHERE t.idempotency_key = j.value ->> 'key' AND t.user_id = j.value ->> 'usr' \
+         WHERE t.key_hash = j.value ->> 'kh' AND t.idempotency_key = j.value ->> 'key' \
+         AND t.user_id = j.value ->> 'usr' \
          AND t.status IN ('pending', 'running', 'suspended')) \
          ORDER BY j.key ON CONFLICT DO NOTHING RETURNING id",
     claim_candidates: "SELECT id, user_id, name, recovery, auto_recover, run_at FROM tasks \
@@ -454,7 +513,8 @@ static SQL: Sql = Sql {
          lease_expires_at = CASE WHEN ?1 = 'cancelled' THEN NULL ELSE lease_expires_at END, \
          last_seq = last_seq + 1, updated_at = ?2 WHERE id = ?3 AND status = ?4 \
          AND (?1 <> 'pending' OR status <> 'failed' OR NOT EXISTS (SELECT 1 FROM tasks AS live \
-              WHERE live.idempotency_key = tasks.idempotency_key \
+              WHERE live.key_hash = tasks.key_hash \
+              AND live.idempotency_key = tasks.idempotency_key \
               AND live.user_id = tasks.user_id \
               AND live.status IN ('pending', 'running', 'suspended'))) \
          RETURNING id, last_seq",

@@ -42,6 +42,13 @@ modes:
            --shutdown-bridges N   bridges open at SIGTERM in the shutdown phase (default 1000)
            --connect-concurrency C  bridges opened at once (default 128)";
 
+/// The allocator the server binary uses (`apps/dev-playground`), so the engine is measured
+/// as it is shipped. With glibc's malloc the same runs were 7-8 % slower at 20k tasks and
+/// 19 % slower at 200k (`docs/benchmarks.md`).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> Result<()> {
     // `RUST_LOG=taskflow::writer=debug` shows every batch the engine writes (its ops and
     // how long it took), on stderr with the progress lines.

@@ -27,6 +27,14 @@ fn job(i: usize, input: serde_json::Value) -> taskflow::testing::SubmitParams {
     }
 }
 
+/// `sql`'s single integer, read on a connection of its own to the store's file.
+async fn scalar(opts: &SqliteConnectOptions, sql: &'static str) -> i64 {
+    let mut conn = SqliteConnection::connect_with(opts).await.unwrap();
+    let n = sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    n
+}
+
 #[tokio::test]
 async fn second_process_is_locked_out_until_the_first_closes() {
     let dir = tempfile::tempdir().unwrap();
@@ -47,15 +55,8 @@ async fn purge_deletes_commit_markers_before_the_cutoff() {
     let path = dir.path().join("tasks.db");
     let store = storage(SqliteStore::open(&path).await.unwrap());
     let opts = SqliteConnectOptions::new().filename(&path).read_only(true);
-    let markers = async || {
-        let mut conn = SqliteConnection::connect_with(&opts).await.unwrap();
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM task_batches")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-        conn.close().await.unwrap();
-        u64::try_from(n).unwrap()
-    };
+    let markers =
+        async || u64::try_from(scalar(&opts, "SELECT count(*) FROM task_batches").await).unwrap();
     taskflow_store_tests::purge_deletes_commit_markers_before_the_cutoff(store.clone(), markers)
         .await;
     store.close().await;
@@ -144,25 +145,17 @@ async fn tasks_without_a_key_hash_get_one_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tasks.db");
     let store = storage(SqliteStore::open(&path).await.unwrap());
-    // More than one backfill chunk (1,000), and an owned task.
-    let mut params: Vec<_> = (0..2_100).map(|i| job(i, serde_json::json!(i))).collect();
+    // More than one fill chunk (10,000 rows), and an owned task.
+    let mut params: Vec<_> = (0..10_100).map(|i| job(i, serde_json::json!(i))).collect();
     params[7].user_id = Some("alice".into());
-    for chunk in params.chunks(300) {
+    for chunk in params.chunks(1_000) {
         let ops: Vec<WriteOp> = chunk.iter().cloned().map(WriteOp::Submit).collect();
         store.write_batch(&ops).await.unwrap();
     }
     store.close().await;
 
     let opts = SqliteConnectOptions::new().filename(&path);
-    let nulls = async || -> i64 {
-        let mut conn = SqliteConnection::connect_with(&opts).await.unwrap();
-        let n = sqlx::query_scalar("SELECT count(*) FROM tasks WHERE key_hash IS NULL")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-        conn.close().await.unwrap();
-        n
-    };
+    let nulls = async || scalar(&opts, "SELECT count(*) FROM tasks WHERE key_hash IS NULL").await;
     {
         let mut conn = SqliteConnection::connect_with(&opts).await.unwrap();
         // The state migration 0006 leaves behind: no index, no hashes.
@@ -172,13 +165,13 @@ async fn tasks_without_a_key_hash_get_one_at_open() {
             .unwrap();
         conn.close().await.unwrap();
     }
-    assert_eq!(nulls().await, 2_100);
+    assert_eq!(nulls().await, 10_100);
 
     let store = storage(SqliteStore::open(&path).await.unwrap());
     let found = store.task_by_key("k7", Some("alice")).await.unwrap();
     assert_eq!(found.map(|t| t.id).as_deref(), Some("t7"));
-    let found = store.task_by_key("k2099", None).await.unwrap();
-    assert_eq!(found.map(|t| t.id).as_deref(), Some("t2099"));
+    let found = store.task_by_key("k10099", None).await.unwrap();
+    assert_eq!(found.map(|t| t.id).as_deref(), Some("t10099"));
     assert!(store.task_by_key("k7", None).await.unwrap().is_none());
     // A submit of a live task's key attaches to it instead of making a second one.
     let mut again = job(5, serde_json::json!("again"));

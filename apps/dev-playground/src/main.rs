@@ -23,7 +23,9 @@ use std::process::ExitCode;
 /// pages become resident (a reading of the numbers, not a page-level profile).
 /// Measured with `appkit-bench sse` (10,000 idle bridges): 12.2 KiB of server RSS per
 /// bridge, 15.8–15.9 with glibc's malloc; and 10.3 µs of server CPU per `/health` request
-/// instead of 11.5–11.7 (`docs/benchmarks.md`, SSE memory).
+/// instead of 11.5–11.7 (`docs/benchmarks.md`, SSE memory). It serves C's `malloc` too
+/// (the workspace enables `unprefixed_malloc_on_supported_platforms`), so SQLite's pages
+/// and statements come from it as well: +5 % on the engine bench over glibc for those.
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

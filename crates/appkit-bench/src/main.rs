@@ -44,7 +44,8 @@ modes:
 
 /// The allocator the server binary uses (`apps/dev-playground`), so the engine is measured
 /// as it is shipped. With glibc's malloc the same runs were 7-8 % slower at 20k tasks and
-/// 19 % slower at 200k (`docs/benchmarks.md`).
+/// 19 % slower at 200k (`docs/benchmarks.md`). It replaces C's `malloc` as well (see the
+/// workspace `Cargo.toml`), so SQLite allocates from it too: a further +5 % (20k tasks).
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

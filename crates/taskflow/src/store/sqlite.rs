@@ -112,8 +112,9 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(25);
 ///
 /// 32,768 frames is 128 MiB. A restart holds the writer while it copies and syncs the
 /// frames the last pass left, and on a large store those are scattered pages: with a
-/// million finished tasks, 16 MiB (a restart every ~1,700 tasks) cost 25 % of the
-/// throughput that the same store reached on a RAM disk, where syncs are free. At 128 MiB
+/// million finished tasks and 16 MiB (a restart every ~1,700 tasks), the store on disk ran
+/// ~20 % below the same store on a RAM disk, where syncs are free, and most of the
+/// writer's waits on the disk were in those restarts. At 128 MiB
 /// the restarts are eight times rarer: 100,000 tasks on a million-task store ran 16.2k
 /// and 16.4k tasks/s instead of 13.7k–15.0k (`docs/benchmarks.md`). An empty store, and
 /// p99 at 1,000 tasks/s, did not change.
@@ -434,7 +435,7 @@ macro_rules! insert_events {
 
 // Every `LIMIT` takes its parameter as `+?N`. SQLite (3.51) plans a `LIMIT ?N` with the
 // value bound at the time and marks the statement to be prepared again whenever that value
-// changes: a claim (limit = free slots) was parsed and planned anew on each call, ~4 % of
+// changes: a claim (limit = free slots) was parsed and planned anew on each call, ~2 % of
 // the writer's time. `+?N` is an expression, not a bare parameter, so the plan holds.
 static SQL: Sql = Sql {
     task_by_key: concat!(

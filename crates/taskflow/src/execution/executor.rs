@@ -39,28 +39,31 @@ async fn claim_available(node: &Arc<Node>) -> Result<()> {
         if node.lifecycle.stop_claiming.is_cancelled() {
             return Ok(());
         }
-        let budget = match node.slots.begin_claim() {
-            Some(budget) => budget,
-            None => {
-                // A finishing runner wakes us while the flag is set. Set it before looking
-                // again, so a slot freed in between is not missed.
-                node.work.set();
-                let Some(budget) = node.slots.begin_claim() else {
-                    return Ok(());
-                };
-                node.work.take();
-                budget
+        if !node.slots.begin_claim() {
+            // A finishing runner wakes us while the flag is set. Set it before looking
+            // again, so a slot freed in between is not missed.
+            node.work.set();
+            if !node.slots.begin_claim() {
+                return Ok(());
             }
-        };
-        let now = now_ms();
-        let params = ClaimParams {
-            node: node.id.clone(),
-            now,
-            lease_until: now + duration_ms(node.config.lease),
-            names: node.registry.names(),
-            budget,
-        };
-        let outcome = node.writer.write(WriteOp::Claim(params)).await;
+            node.work.take();
+        }
+        // The claim is built when its batch is: by then the runners whose outcomes share
+        // that batch have freed their slots, and the claim takes those too.
+        let late = node.clone();
+        let outcome = node
+            .writer
+            .write_late(move || {
+                let now = now_ms();
+                WriteOp::Claim(ClaimParams {
+                    node: late.id.clone(),
+                    now,
+                    lease_until: now + duration_ms(late.config.lease),
+                    names: late.registry.names(),
+                    budget: late.slots.claim_budget(),
+                })
+            })
+            .await;
         let claimed = match outcome.map(|o| o.result) {
             Ok(OpResult::Claimed { tasks, more }) => {
                 node.slots.end_claim(&tasks);

@@ -38,16 +38,21 @@ impl Slots {
         lock(&self.counts).release(user, name);
     }
 
-    /// The budget for a claim through the store, marking a claim in flight; `None` when no
-    /// slot is free.
-    pub(crate) fn begin_claim(&self) -> Option<ClaimBudget> {
+    /// Marks a claim through the store in flight when a slot is free; `false` when none is.
+    pub(crate) fn begin_claim(&self) -> bool {
         let mut counts = lock(&self.counts);
-        let budget = counts.budget();
-        if budget.global == 0 {
-            return None;
+        if counts.running >= counts.global_limit {
+            return false;
         }
         counts.claiming = true;
-        Some(budget)
+        true
+    }
+
+    /// The budget of the claim in flight, taken as late as its batch allows. While a claim
+    /// is in flight only releases change the counts (immediate claims at submit wait), so
+    /// this budget is never smaller than the one [`begin_claim`](Self::begin_claim) saw.
+    pub(crate) fn claim_budget(&self) -> ClaimBudget {
+        lock(&self.counts).budget()
     }
 
     /// Ends the claim in flight, taking a slot for each claimed task.
@@ -171,6 +176,25 @@ mod tests {
             !s.try_take(None, "t"),
             "no immediate claim while a claim is in flight"
         );
+    }
+
+    #[test]
+    fn a_claim_in_flight_sees_slots_freed_after_it_began() {
+        let slots = Slots::new(2, 8);
+        assert!(slots.try_take(None, "t"));
+        assert!(slots.try_take(None, "t"));
+        assert!(!slots.begin_claim(), "no claim without a free slot");
+        slots.release(None, "t");
+        assert!(slots.begin_claim());
+        assert_eq!(slots.claim_budget().global, 1);
+        slots.release(None, "t");
+        assert!(
+            !slots.try_take(None, "t"),
+            "no immediate claim while a claim is in flight"
+        );
+        assert_eq!(slots.claim_budget().global, 2);
+        slots.end_claim(&[]);
+        assert!(slots.try_take(None, "t"));
     }
 
     #[test]

@@ -195,6 +195,27 @@ macro_rules! purgeable {
     };
 }
 
+/// The newest task with key `$1` and owner `$2`: the live one (`tasks_active_key`, at most
+/// one) or the newest ended one (`tasks_key`, which holds ended tasks only).
+macro_rules! by_key {
+    () => {
+        concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM ((SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE idempotency_key = $1 AND user_id = $2 \
+               AND status IN ('pending', 'running', 'suspended')) \
+             UNION ALL (SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE idempotency_key = $1 AND user_id = $2 \
+               AND status IN ('completed', 'failed', 'cancelled') \
+               ORDER BY created_at DESC, id DESC LIMIT 1)) AS t \
+             ORDER BY created_at DESC, id DESC LIMIT 1"
+        )
+    };
+}
+
 // Statements that address rows by id test their status as `status || '' = '…'`: the same
 // condition, but one that does not let the planner use a partial status index. With
 // statistics taken while no task was pending or running (a VACUUM ANALYZE after history),
@@ -202,14 +223,10 @@ macro_rules! purgeable {
 // once per id (a claim of 55 tasks: 124,245 rows compared, 77 ms) instead of the key.
 //
 // Lookups by key leave `$3`, the key's hash, unused: the SQLite store indexes the hash (its
-// page cache is small and fixed), Postgres the key and owner (`tasks_key`).
+// page cache is small and fixed), Postgres the key and owner (`tasks_active_key` for live
+// tasks, `tasks_key` for ended ones).
 static SQL: Sql = Sql {
-    task_by_key: concat!(
-        "SELECT ",
-        task_columns!(),
-        " FROM tasks WHERE idempotency_key = $1 AND user_id = $2 \
-         ORDER BY created_at DESC, id DESC LIMIT 1"
-    ),
+    task_by_key: by_key!(),
     task_by_id: concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = $1"),
     events_after: "SELECT task_id, seq, kind, name, payload, created_at FROM task_events \
          WHERE task_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
@@ -249,12 +266,7 @@ static SQL: Sql = Sql {
          SET LOCAL enable_bitmapscan = off",
     close_batch: None,
     batch_committed: "SELECT count(*) AS n FROM task_batches WHERE id = $1",
-    find_by_key: concat!(
-        "SELECT ",
-        task_columns!(),
-        " FROM tasks WHERE idempotency_key = $1 AND user_id = $2 \
-         ORDER BY created_at DESC, id DESC LIMIT 1"
-    ),
+    find_by_key: by_key!(),
     // In key order, so two processes inserting the same keys cannot deadlock.
     insert_tasks: "INSERT INTO tasks (id, name, idempotency_key, user_id, input, status, \
          attempt, max_attempts, max_recoveries, auto_recover, owner_node, lease_expires_at, \

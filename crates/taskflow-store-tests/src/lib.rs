@@ -1628,6 +1628,11 @@ pub async fn redrive_refuses_while_the_key_has_a_live_task(store: Arc<dyn Storag
         (TaskStatus::Failed, TaskStatus::Pending),
         "allowed once no run of the key is live"
     );
+    let by_key = s.task_by_key("k-t1", None).await.unwrap().unwrap();
+    assert_eq!(
+        by_key.id, "t2",
+        "a lookup by key returns the newest run, even when an older one is live again"
+    );
 }
 
 /// Submits of one key in one batch make one task: the first creates it, the others attach

@@ -81,6 +81,7 @@ macro_rules! __conformance_cases {
             recovery_gives_the_attempt_back_and_is_counted,
             recovery_limit_fails_the_task_and_redrive_resets_it,
             redrive_refuses_while_the_key_has_a_live_task,
+            a_redriven_task_holds_its_key_again,
             submits_of_one_key_in_a_batch_make_one_task,
             tasks_still_pending_returns_only_pending_ids,
             purge_keeps_recent_commit_markers_working,
@@ -1633,6 +1634,25 @@ pub async fn redrive_refuses_while_the_key_has_a_live_task(store: Arc<dyn Storag
         by_key.id, "t2",
         "a lookup by key returns the newest run, even when an older one is live again"
     );
+}
+
+/// A redriven task is live again: a submit of its key attaches to it instead of starting a
+/// second run.
+pub async fn a_redriven_task_holds_its_key_again(store: Arc<dyn Storage>) {
+    let s = &*store;
+    let t = running(s, "t1", "n1").await;
+    let fail = Finish::Fail {
+        error: json!({"message": "boom", "kind": "handler"}),
+    };
+    one(s, finish(&t, "n1", fail, 3_000)).await;
+    assert_eq!(
+        control(s, "t1", Control::Redrive).await,
+        (TaskStatus::Failed, TaskStatus::Pending)
+    );
+    let (task, created) = submit(s, params("t2", "k-t1", None)).await;
+    assert!(!created, "the key's task is live again");
+    assert_eq!(task.id, "t1");
+    assert!(s.task_by_id("t2").await.unwrap().is_none());
 }
 
 /// Submits of one key in one batch make one task: the first creates it, the others attach

@@ -4,8 +4,8 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
@@ -93,13 +93,34 @@ pub(crate) struct SqliteDriver {
 }
 
 /// How long the checkpointer lets commits gather after the first one it sees before it
-/// copies them into the database file (it sleeps while nothing is written).
+/// copies them into the database file (it sleeps while nothing is written), while the
+/// writer has time to spare.
 ///
 /// Small and often: a checkpoint reads and writes every page changed since the last one
 /// and syncs two files, a burst of CPU and I/O that slows the batches and reads running
 /// beside it on a small machine. Checkpoints 250 ms apart took ~12 ms each at 1,000 tasks/s
 /// and put that load's p99 at 2.5–2.8 ms; 25 ms apart, 1.7 ms, for the same throughput.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(25);
+
+/// The interval while the writer is saturated ([`SATURATED`]): commits then queue behind
+/// one another whatever the checkpointer does, and what counts is the work checkpoints
+/// take from them.
+///
+/// A checkpoint copies each page once, however many commits changed it since the last
+/// one. On a store whose key index has outgrown the page cache (around 300,000 tasks)
+/// every submit changes a random leaf of it, so checkpoints 25 ms apart copied about one
+/// page per submit, and a store holding a million finished tasks ran 0.74–0.90 as fast as
+/// an empty one. Up to 500 ms apart, each leaf takes several submits per copy: 0.86–0.92,
+/// with both stores faster (at 100,000 tasks +5 % empty, +10 % on the million-task store),
+/// and p99 at 1,000 tasks/s, where the writer is not saturated, unchanged
+/// (`docs/benchmarks.md`). The WAL grows by ~20,000 frames in 500 ms of saturated writes,
+/// within [`WAL_RESTART_FRAMES`].
+const SATURATED_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The share of wall time the writer's connection is held by batches above which the
+/// writer counts as saturated. Measured: 0.39–0.50 at 1,000 tasks/s, 0.88–1.0 when
+/// submits outrun it.
+const SATURATED: f64 = 0.75;
 
 /// WAL frames (pages) past which the checkpointer restarts the log from its beginning.
 ///
@@ -149,6 +170,7 @@ impl SqliteDriver {
             opts: opts.clone(),
             closed: AtomicBool::new(false),
             written: tokio::sync::Notify::new(),
+            held_us: AtomicU64::new(0),
         });
         // The connections are local and kept open, so no ping before each use (it would
         // cost a round trip to SQLite's worker thread per read).
@@ -233,8 +255,9 @@ async fn backfill_key_hashes(conn: &mut SqliteConnection) -> Result<()> {
 }
 
 /// Copies committed WAL frames into the database file without blocking the writer
-/// (`PASSIVE`), [`CHECKPOINT_INTERVAL`] after a commit, until stopped; a last checkpoint
-/// at close. When the WAL has grown past [`WAL_RESTART_FRAMES`], restarts it (see
+/// (`PASSIVE`), [`CHECKPOINT_INTERVAL`] after a commit (up to
+/// [`SATURATED_CHECKPOINT_INTERVAL`] while the writer stays saturated), until stopped; a
+/// last checkpoint at close. When the WAL has grown past [`WAL_RESTART_FRAMES`], restarts it (see
 /// [`restart_wal`]).
 async fn checkpoint_loop(
     mut conn: SqliteConnection,
@@ -246,11 +269,19 @@ async fn checkpoint_loop(
             () = stop.cancelled() => true,
             () = writer.written.notified() => false,
         };
-        if !stopped {
+        // One interval, more while the writer stays saturated: a load that eases is
+        // checkpointed within an interval, as before.
+        let mut load = WriterLoad::new(&writer);
+        let mut waited = Duration::ZERO;
+        while !stopped {
             stopped = tokio::select! {
                 () = stop.cancelled() => true,
                 () = tokio::time::sleep(CHECKPOINT_INTERVAL) => false,
             };
+            waited += CHECKPOINT_INTERVAL;
+            if waited >= SATURATED_CHECKPOINT_INTERVAL || load.share(&writer) < SATURATED {
+                break;
+            }
         }
         // (busy, frames in the WAL, frames copied)
         match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
@@ -268,6 +299,42 @@ async fn checkpoint_loop(
         }
     }
     let _ = conn.close().await;
+}
+
+/// The share of wall time the writer's connection was held, between two readings.
+#[derive(Debug)]
+struct WriterLoad {
+    at: Instant,
+    held_us: u64,
+}
+
+impl WriterLoad {
+    fn new(writer: &SoleWriter) -> Self {
+        Self::at(&writer.held_us, Instant::now())
+    }
+
+    fn at(held_us: &AtomicU64, at: Instant) -> Self {
+        Self {
+            at,
+            held_us: held_us.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The share since the last reading (0 to 1, about), and a new reading.
+    fn share(&mut self, writer: &SoleWriter) -> f64 {
+        self.share_at(&writer.held_us, Instant::now())
+    }
+
+    fn share_at(&mut self, held_us: &AtomicU64, now: Instant) -> f64 {
+        let last = std::mem::replace(self, Self::at(held_us, now));
+        let wall = now.saturating_duration_since(last.at).as_secs_f64();
+        let held = Duration::from_micros(self.held_us.saturating_sub(last.held_us));
+        if wall > 0.0 {
+            held.as_secs_f64() / wall
+        } else {
+            0.0
+        }
+    }
 }
 
 /// Copies the frames the last `PASSIVE` pass left (those committed while it ran) and
@@ -299,6 +366,9 @@ struct SoleWriter {
     /// Signalled as each holder lets the connection go: something may have been written
     /// for the checkpointer to copy.
     written: tokio::sync::Notify,
+    /// Microseconds the connection has been held in all, which tells the checkpointer how
+    /// loaded the writer is.
+    held_us: AtomicU64,
 }
 
 impl SoleWriter {
@@ -315,6 +385,8 @@ impl SoleWriter {
         Ok(WriterGuard {
             slot,
             written: &self.written,
+            held_us: &self.held_us,
+            since: Instant::now(),
         })
     }
 
@@ -334,10 +406,15 @@ pub(crate) struct WriterGuard<'a> {
     /// Always `Some` while the guard lives, but for [`Driver::discard`], which consumes it.
     slot: tokio::sync::MutexGuard<'a, Option<SqliteConnection>>,
     written: &'a tokio::sync::Notify,
+    /// [`SoleWriter::held_us`], and when this guard took the connection.
+    held_us: &'a AtomicU64,
+    since: Instant,
 }
 
 impl Drop for WriterGuard<'_> {
     fn drop(&mut self) {
+        let held = u64::try_from(self.since.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.held_us.fetch_add(held, Ordering::Relaxed);
         self.written.notify_one();
     }
 }
@@ -555,6 +632,28 @@ static SQL: Sql = Sql {
 #[cfg(test)]
 mod tests {
     use super::SQL;
+
+    /// The writer's load is the time its connection was held over the wall time between
+    /// two readings, each reading starting the next window.
+    #[test]
+    fn writer_load_is_time_held_over_wall_time() {
+        use super::{AtomicU64, Duration, Instant, Ordering, WriterLoad};
+        let held = AtomicU64::new(1_000);
+        let t0 = Instant::now();
+        let mut load = WriterLoad::at(&held, t0);
+        held.fetch_add(50_000, Ordering::Relaxed);
+        let share = load.share_at(&held, t0 + Duration::from_millis(100));
+        assert!((share - 0.5).abs() < 1e-9, "{share}");
+        let share = load.share_at(&held, t0 + Duration::from_millis(125));
+        assert!(
+            share.abs() < 1e-9,
+            "nothing held in the second window: {share}"
+        );
+        held.fetch_add(25_000, Ordering::Relaxed);
+        let share = load.share_at(&held, t0 + Duration::from_millis(150));
+        assert!((share - 1.0).abs() < 1e-9, "{share}");
+        assert!(load.share_at(&held, t0 + Duration::from_millis(150)).abs() < 1e-9);
+    }
 
     /// See the comment on [`SQL`]: a bare `LIMIT ?N` re-prepares its statement whenever
     /// the bound limit changes.

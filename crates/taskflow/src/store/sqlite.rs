@@ -257,8 +257,8 @@ async fn backfill_key_hashes(conn: &mut SqliteConnection) -> Result<()> {
 /// Copies committed WAL frames into the database file without blocking the writer
 /// (`PASSIVE`), [`CHECKPOINT_INTERVAL`] after a commit (up to
 /// [`SATURATED_CHECKPOINT_INTERVAL`] while the writer stays saturated), until stopped; a
-/// last checkpoint at close. When the WAL has grown past [`WAL_RESTART_FRAMES`], restarts it (see
-/// [`restart_wal`]).
+/// last checkpoint at close. When the WAL has grown past [`WAL_RESTART_FRAMES`], restarts
+/// it (see [`restart_wal`]).
 async fn checkpoint_loop(
     mut conn: SqliteConnection,
     writer: Arc<SoleWriter>,
@@ -271,7 +271,7 @@ async fn checkpoint_loop(
         };
         // One interval, more while the writer stays saturated: a load that eases is
         // checkpointed within an interval, as before.
-        let mut load = WriterLoad::new(&writer);
+        let mut load = WriterLoad::start(&writer.held_us, Instant::now());
         let mut waited = Duration::ZERO;
         while !stopped {
             stopped = tokio::select! {
@@ -279,7 +279,9 @@ async fn checkpoint_loop(
                 () = tokio::time::sleep(CHECKPOINT_INTERVAL) => false,
             };
             waited += CHECKPOINT_INTERVAL;
-            if waited >= SATURATED_CHECKPOINT_INTERVAL || load.share(&writer) < SATURATED {
+            if waited >= SATURATED_CHECKPOINT_INTERVAL
+                || load.share(&writer.held_us, Instant::now()) < SATURATED
+            {
                 break;
             }
         }
@@ -301,7 +303,8 @@ async fn checkpoint_loop(
     let _ = conn.close().await;
 }
 
-/// The share of wall time the writer's connection was held, between two readings.
+/// The share of wall time the writer's connection was held, between two readings of
+/// [`SoleWriter::held_us`].
 #[derive(Debug)]
 struct WriterLoad {
     at: Instant,
@@ -309,24 +312,17 @@ struct WriterLoad {
 }
 
 impl WriterLoad {
-    fn new(writer: &SoleWriter) -> Self {
-        Self::at(&writer.held_us, Instant::now())
-    }
-
-    fn at(held_us: &AtomicU64, at: Instant) -> Self {
+    /// A first reading, at `now`.
+    fn start(held_us: &AtomicU64, now: Instant) -> Self {
         Self {
-            at,
+            at: now,
             held_us: held_us.load(Ordering::Relaxed),
         }
     }
 
-    /// The share since the last reading (0 to 1, about), and a new reading.
-    fn share(&mut self, writer: &SoleWriter) -> f64 {
-        self.share_at(&writer.held_us, Instant::now())
-    }
-
-    fn share_at(&mut self, held_us: &AtomicU64, now: Instant) -> f64 {
-        let last = std::mem::replace(self, Self::at(held_us, now));
+    /// The share since the last reading (0 to 1, about); `now` becomes the last reading.
+    fn share(&mut self, held_us: &AtomicU64, now: Instant) -> f64 {
+        let last = std::mem::replace(self, Self::start(held_us, now));
         let wall = now.saturating_duration_since(last.at).as_secs_f64();
         let held = Duration::from_micros(self.held_us.saturating_sub(last.held_us));
         if wall > 0.0 {
@@ -640,19 +636,19 @@ mod tests {
         use super::{AtomicU64, Duration, Instant, Ordering, WriterLoad};
         let held = AtomicU64::new(1_000);
         let t0 = Instant::now();
-        let mut load = WriterLoad::at(&held, t0);
+        let mut load = WriterLoad::start(&held, t0);
         held.fetch_add(50_000, Ordering::Relaxed);
-        let share = load.share_at(&held, t0 + Duration::from_millis(100));
+        let share = load.share(&held, t0 + Duration::from_millis(100));
         assert!((share - 0.5).abs() < 1e-9, "{share}");
-        let share = load.share_at(&held, t0 + Duration::from_millis(125));
+        let share = load.share(&held, t0 + Duration::from_millis(125));
         assert!(
             share.abs() < 1e-9,
             "nothing held in the second window: {share}"
         );
         held.fetch_add(25_000, Ordering::Relaxed);
-        let share = load.share_at(&held, t0 + Duration::from_millis(150));
+        let share = load.share(&held, t0 + Duration::from_millis(150));
         assert!((share - 1.0).abs() < 1e-9, "{share}");
-        assert!(load.share_at(&held, t0 + Duration::from_millis(150)).abs() < 1e-9);
+        assert!(load.share(&held, t0 + Duration::from_millis(150)).abs() < 1e-9);
     }
 
     /// See the comment on [`SQL`]: a bare `LIMIT ?N` re-prepares its statement whenever

@@ -17,12 +17,13 @@
 
 use std::process::ExitCode;
 
-/// jemalloc instead of the system allocator. An idle SSE bridge holds hyper's two 8 KiB
-/// connection buffers and touches a few hundred bytes of each; jemalloc keeps blocks of
-/// that size page-aligned in runs of their own, which is the likely reason fewer of their
-/// pages become resident (a reading of the numbers, not a page-level profile).
+/// jemalloc instead of the system allocator. With upstream hyper an idle SSE bridge held
+/// two 8 KiB connection buffers and touched a few hundred bytes of each; jemalloc keeps
+/// blocks of that size page-aligned in runs of their own, which is the likely reason fewer
+/// of their pages became resident (a reading of the numbers, not a page-level profile).
 /// Measured with `appkit-bench sse` (10,000 idle bridges): 12.2 KiB of server RSS per
-/// bridge, 15.8–15.9 with glibc's malloc; and 10.3 µs of server CPU per `/health` request
+/// bridge, 15.8–15.9 with glibc's malloc (the workspace's patched hyper, `vendor/`, has
+/// since removed those buffers: 7.6 KiB); and 10.3 µs of server CPU per `/health` request
 /// instead of 11.5–11.7 (`docs/benchmarks.md`, SSE memory). It serves C's `malloc` too
 /// (the workspace enables `unprefixed_malloc_on_supported_platforms`), so SQLite's pages
 /// and statements come from it as well: +5 % on the engine bench over glibc for those.

@@ -8,6 +8,11 @@
 //! `docs/benchmarks.md`). The app serves HTTP/1.1 only (axum's `http2` feature is off), so
 //! the detection bought nothing.
 //!
+//! This workspace builds hyper with a patch (`vendor/README.md`): a connection that waits
+//! (between requests, or behind a streaming response) holds no read buffer, and the
+//! response-head buffer is only as big as the heads it wrote. Upstream hyper keeps 8 KiB
+//! of each for the connection's life. The tests at the bottom of this file measure it.
+//!
 //! Every connection's socket is wrapped in [`StallGuard`]: a write that makes no progress
 //! for the configured timeout (`APPKIT_SSE_WRITE_TIMEOUT_MS`) fails, so hyper closes the
 //! connection and drops the response body. For an SSE bridge that drops its guard, which
@@ -301,9 +306,116 @@ impl AsyncWrite for StallGuard {
 
 #[cfg(test)]
 mod tests {
+    use axum::body::Body;
+    use axum::routing::get;
+    use bytes::Bytes;
+    use futures_util::StreamExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+
+    /// jemalloc, as the server binary runs with: its per-thread counters say what a test
+    /// on a current-thread runtime (server and clients on one thread) holds.
+    #[global_allocator]
+    static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+    /// Bytes this thread has allocated minus those it has freed.
+    fn held() -> i64 {
+        use tikv_jemalloc_ctl::thread::{allocatedp, deallocatedp};
+        let allocated = allocatedp::read().expect("thread.allocatedp").get();
+        let freed = deallocatedp::read().expect("thread.deallocatedp").get();
+        i64::try_from(allocated).unwrap() - i64::try_from(freed).unwrap()
+    }
+
+    /// Sends `request` on a new connection and reads until the response ends with `tail`.
+    async fn connect_and_read(addr: SocketAddr, request: &[u8], tail: &[u8]) -> TcpStream {
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client.write_all(request).await.unwrap();
+        let mut seen = [0u8; 1024];
+        let mut len = 0;
+        while !seen[..len].ends_with(tail) {
+            let n = client.read(&mut seen[len..]).await.unwrap();
+            assert!(
+                n > 0,
+                "closed after {:?}",
+                String::from_utf8_lossy(&seen[..len])
+            );
+            len += n;
+        }
+        client
+    }
+
+    /// What the server holds for an idle connection after `request`, per connection: the
+    /// growth of this thread's heap once `CONNECTIONS` clients got their response,
+    /// waiting (up to a deadline) for the server to go back to reading each socket.
+    async fn held_per_idle_connection(request: &[u8], tail: &[u8]) -> i64 {
+        const CONNECTIONS: i64 = 64;
+        const CHUNK: &[u8] = b"data: x\n\n";
+        let router = Router::new()
+            .route("/hello", get(|| async { "hello" }))
+            .route(
+                "/stream",
+                get(|| async {
+                    let first = futures_util::stream::once(async {
+                        Ok::<_, Infallible>(Bytes::from_static(CHUNK))
+                    });
+                    Body::from_stream(first.chain(futures_util::stream::pending()))
+                }),
+            );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let close = CancellationToken::new();
+        let options = ServeOptions {
+            write_timeout: Duration::from_secs(60),
+        };
+        let server = tokio::spawn(serve(listener, router, options, close.clone()));
+        // One connection first, so what is allocated once (the router's clone, tokio's
+        // registration pages) is not counted.
+        drop(connect_and_read(addr, request, tail).await);
+        let mut clients = Vec::with_capacity(usize::try_from(CONNECTIONS).unwrap());
+        let before = held();
+        for _ in 0..CONNECTIONS {
+            clients.push(connect_and_read(addr, request, tail).await);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut per_connection = (held() - before) / CONNECTIONS;
+        // hyper's buffer is freed when its connection's read finds nothing.
+        while per_connection >= IDLE_CONNECTION_BYTES && Instant::now() < deadline {
+            tokio::task::yield_now().await;
+            per_connection = (held() - before) / CONNECTIONS;
+        }
+        close.cancel();
+        drop(clients);
+        server.await.unwrap().unwrap();
+        per_connection
+    }
+
+    /// Less than one of the 8 KiB buffers upstream hyper keeps for a connection's life,
+    /// one to read into and one for response heads (this includes the client's socket).
+    const IDLE_CONNECTION_BYTES: i64 = 8 * 1024;
+
+    #[tokio::test]
+    async fn a_keep_alive_connection_between_requests_holds_no_http_buffer() {
+        let held =
+            held_per_idle_connection(b"GET /hello HTTP/1.1\r\nhost: test\r\n\r\n", b"hello").await;
+        assert!(
+            held < IDLE_CONNECTION_BYTES,
+            "{held} bytes per idle keep-alive connection (is the vendored hyper patched?)"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_streaming_response_that_waits_holds_no_http_buffer() {
+        let held = held_per_idle_connection(
+            b"GET /stream HTTP/1.1\r\nhost: test\r\n\r\n",
+            b"data: x\n\n\r\n",
+        )
+        .await;
+        assert!(
+            held < IDLE_CONNECTION_BYTES,
+            "{held} bytes per waiting streaming connection (is the vendored hyper patched?)"
+        );
+    }
 
     async fn pair(timeout: Duration) -> (StallGuard, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
